@@ -1,0 +1,59 @@
+// DualPath's environment variables: one registry (params.def), parsed once.
+//
+// Every knob is DUALPATH_<AREA>_<KNOB>, declared with its type, default and
+// help in params.def. global() parses the whole environment once, into an
+// immutable Snapshot; any invalid value fails the parse with the variable's
+// name and the expected form, and every later call returns the same error.
+// Values that differ from their default are logged once, at info.
+//
+// Threading: global() is thread-safe (parsed under std::call_once); a Snapshot
+// is immutable. parse() is pure, for tests.
+#pragma once
+
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <dualpath/common/log.h>
+#include <dualpath/common/status.h>
+
+namespace dualpath::params {
+
+// Kinds of values. Each parses text into its value_type with an error that
+// states the expected form.
+struct PathKind {
+  using value_type = std::string;
+  static constexpr std::string_view kForm = "a file path";
+  static Result<value_type> parse(std::string_view text);
+};
+struct LogLevelKind {
+  using value_type = log::Level;
+  static constexpr std::string_view kForm = "trace, debug, info, warn, error or off";
+  static Result<value_type> parse(std::string_view text);
+};
+
+struct Snapshot {
+#define DP_PARAM(member, NAME, Kind, default_text, help) Kind::value_type member{};
+#include <dualpath/common/params.def>
+#undef DP_PARAM
+};
+
+struct Spec {
+  std::string_view env_name;  // "DUALPATH_QOS_POLICY"
+  std::string_view form;      // what a valid value looks like
+  std::string_view default_text;
+  std::string_view help;
+};
+
+std::span<const Spec> registry();
+
+// Returns the variable's value, or nullptr when unset.
+using EnvLookup = std::function<const char*(const char* name)>;
+
+Result<Snapshot> parse(const EnvLookup& lookup);
+
+// The process environment, parsed once. The error, if any, is sticky.
+Result<const Snapshot*> global();
+
+}  // namespace dualpath::params

@@ -1,0 +1,79 @@
+#include <array>
+#include <cstdlib>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include <dualpath/common/params.h>
+
+namespace dualpath::params {
+
+Result<std::string> PathKind::parse(std::string_view text) {
+  return std::string(text);
+}
+
+Result<log::Level> LogLevelKind::parse(std::string_view text) {
+  for (log::Level level : {log::Level::trace, log::Level::debug, log::Level::info, log::Level::warn,
+                           log::Level::error, log::Level::off}) {
+    if (text == log::levelName(level)) return level;
+  }
+  return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
+}
+
+namespace {
+
+#define DP_PARAM(member, NAME, Kind, default_text, help) \
+  Spec{"DUALPATH_" #NAME, Kind::kForm, default_text, help},
+constexpr std::array kRegistry{
+#include <dualpath/common/params.def>
+};
+#undef DP_PARAM
+
+template <class Kind>
+Status parseOne(const EnvLookup& lookup, const char* env_name, std::string_view default_text,
+                typename Kind::value_type& out) {
+  const char* raw = lookup(env_name);
+  std::string_view text = raw != nullptr ? std::string_view(raw) : default_text;
+  Result<typename Kind::value_type> value = Kind::parse(text);
+  if (!value) {
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("{}='{}': {}", env_name, text, value.status().message()));
+  }
+  out = std::move(value).value();
+  return Status::ok();
+}
+
+}  // namespace
+
+std::span<const Spec> registry() {
+  return kRegistry;
+}
+
+Result<Snapshot> parse(const EnvLookup& lookup) {
+  Snapshot snapshot;
+#define DP_PARAM(member, NAME, Kind, default_text, help) \
+  DP_TRY(parseOne<Kind>(lookup, "DUALPATH_" #NAME, default_text, snapshot.member));
+#include <dualpath/common/params.def>
+#undef DP_PARAM
+  return snapshot;
+}
+
+Result<const Snapshot*> global() {
+  static std::once_flag once;
+  static Result<Snapshot> parsed(Status(StatusCode::internal, "parameters not parsed"));
+  std::call_once(once, [] {
+    parsed = parse([](const char* name) { return std::getenv(name); });
+    if (!parsed) return;
+    log::setLevel(parsed->log_level);
+    for (const Spec& spec : kRegistry) {
+      const char* raw = std::getenv(std::string(spec.env_name).c_str());
+      if (raw != nullptr && std::string_view(raw) != spec.default_text) {
+        DP_LOG_INFO("{}={} (default '{}')", spec.env_name, raw, spec.default_text);
+      }
+    }
+  });
+  if (!parsed) return parsed.status();
+  return &*parsed;
+}
+
+}  // namespace dualpath::params

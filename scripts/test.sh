@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every test: the README's test command, and what
+# CI runs. Four builds, each in its own directory:
+#   build/       GCC, -Werror: every test (netns tests skip unless root)
+#   build-asan/  GCC, ASan+UBSan: every test
+#   build-tsan/  clang, TSan and -Wthread-safety: the concurrency tests
+#   build-fuzz/  clang, libFuzzer: each fuzzer for DUALPATH_FUZZ_SECONDS (30 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+jobs=$(nproc)
+step() { printf '\n==== %s\n' "$*"; }
+
+step "build/: GCC, warnings as errors"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDUALPATH_WERROR=ON
+cmake --build build -j"$jobs"
+ctest --no-tests=error --test-dir build --output-on-failure -j"$jobs"
+
+step "build-asan/: GCC, AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDUALPATH_WERROR=ON \
+  -DDUALPATH_SANITIZER=address,undefined -DDUALPATH_BUILD_BENCH=OFF
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --no-tests=error --test-dir build-asan --output-on-failure -j"$jobs"
+
+step "build-tsan/: clang, ThreadSanitizer, -Wthread-safety"
+CC=clang CXX=clang++ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DDUALPATH_WERROR=ON -DDUALPATH_SANITIZER=thread -DDUALPATH_BUILD_BENCH=OFF
+cmake --build build-tsan -j"$jobs"
+TSAN_OPTIONS=halt_on_error=1 ctest --no-tests=error --test-dir build-tsan --output-on-failure -j"$jobs" \
+  -L concurrency
+
+step "build-fuzz/: clang, libFuzzer"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DDUALPATH_WERROR=ON -DDUALPATH_FUZZ=ON -DDUALPATH_BUILD_TESTS=OFF -DDUALPATH_BUILD_BENCH=OFF
+cmake --build build-fuzz -j"$jobs"
+ctest --no-tests=error --test-dir build-fuzz --output-on-failure -L fuzz
+
+step "all tests passed"
