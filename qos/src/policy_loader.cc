@@ -768,6 +768,12 @@ void readClasses(TableReader& root, Policy& policy) {
     root.wrongType(*node, "class", kExpectation);
     return;
   }
+  if (array->size() > kMaxTrafficClasses) {
+    root.invalid(
+        *array->get(kMaxTrafficClasses), fmt::format("class[{}]", kMaxTrafficClasses),
+        fmt::format("{} classes; a policy has at most {}", array->size(), kMaxTrafficClasses));
+    return;
+  }
   for (std::size_t i = 0; i < array->size(); ++i) {
     const toml::table& table = *array->get(i)->as_table();
     TableReader reader = root.nested(table, fmt::format("class[{}]", i));
@@ -988,9 +994,10 @@ LoadedPolicy loadPolicyFile(const std::string& path) {
 
 std::string_view builtinPolicyText() {
   return R"(# DualPath's built-in policy, used when DUALPATH_QOS_POLICY is unset.
-# It configures no fabric QoS and marks no packets: collectives and KV relays
-# are told apart only by the software arbiter in each process. Write a policy
-# for your fabric to get lanes on the wire.
+# It configures no fabric QoS: collectives and KV relays are told apart by the
+# software arbiter in each process. On Ethernet DualPath marks no packets (UCX
+# over TCP cannot), so kv's DSCP only steers traffic that carries it in tc
+# scripts rendered from this policy. Write a policy for your fabric.
 format = 1
 
 [fabric]

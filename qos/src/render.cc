@@ -221,12 +221,26 @@ Result<std::string> renderTc(const Policy& policy, std::string_view device,
                         ? fmt::format(" or set fabric.link_rate in {}", policy.source_name)
                         : std::string()));
   }
-  for (const TrafficClass& cls : policy.classes) {
+  for (std::size_t i = 0; i < policy.classes.size(); ++i) {
+    const TrafficClass& cls = policy.classes[i];
     if (!cls.is_default && !cls.dscp && !cls.tcp_ports) {
       return Status(StatusCode::invalid_argument,
                     fmt::format("class \"{}\" has neither dscp nor tcp_ports: tc could not steer "
                                 "its packets into its HTB class",
                                 cls.name));
+    }
+    if (!cls.is_default && cls.dscp == 0) {
+      return Status(StatusCode::invalid_argument,
+                    fmt::format("class \"{}\" has DSCP 0, which every unmarked packet carries: "
+                                "tc could not tell its packets from other traffic",
+                                cls.name));
+    }
+    for (std::size_t j = 0; j < i && cls.dscp; ++j) {
+      if (policy.classes[j].dscp != cls.dscp) continue;
+      return Status(StatusCode::invalid_argument,
+                    fmt::format("classes \"{}\" and \"{}\" share DSCP {}: tc could not tell "
+                                "their marked packets apart",
+                                policy.classes[j].name, cls.name, *cls.dscp));
     }
   }
   const std::vector<double> shares = guaranteedShares(policy);

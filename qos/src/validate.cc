@@ -315,6 +315,13 @@ class Validator {
                           "link would join class \"{}\"; pick another DSCP",
                           cls.name));
       }
+      for (std::size_t j = 0; j < i && cls.dscp; ++j) {
+        if (p_.classes[j].dscp != cls.dscp) continue;
+        error(classField(i, "dscp"),
+              fmt::format("DSCP {} is also class \"{}\"'s ({}): on an Ethernet fabric the two "
+                          "classes' marked packets could not be told apart",
+                          *cls.dscp, p_.classes[j].name, lineOf(p_, classField(j, "dscp"))));
+      }
       if (cls.is_default || cls.dscp || cls.tcp_ports) continue;
       error(fmt::format("class[{}]", i),
             fmt::format("class \"{}\" has neither dscp nor tcp_ports: on an Ethernet fabric "

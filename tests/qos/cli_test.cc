@@ -97,6 +97,9 @@ TEST(QosCliTest, RenderNeedsItsFlags) {
   CliRun rate = runCli({"render", "--format", "tc", "--dev", "veth0", "--rate", "10Gbps", kPaper});
   EXPECT_EQ(rate.code, kExitInvalid);
   EXPECT_THAT(rate.err, StartsWith("dualpath-qos: --rate: '10Gbps' is ambiguous"));
+  CliRun misplaced = runCli({"render", "--format", "opensm", "--rate", "10gbit", kPaper});
+  EXPECT_EQ(misplaced.code, kExitInvalid);
+  EXPECT_EQ(misplaced.err, "dualpath-qos: --rate applies to --format tc only\n");
   CliRun unknown = runCli({"render", "--format", "yaml", kPaper});
   EXPECT_EQ(unknown.code, kExitInvalid);
   EXPECT_THAT(unknown.err, HasSubstr("--format"));

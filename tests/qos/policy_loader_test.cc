@@ -161,6 +161,20 @@ TEST(PolicyLoaderTest, HashInsideStringsIsNotAComment) {
                           "outside comments"));
 }
 
+TEST(PolicyLoaderTest, AtMostSixteenClasses) {
+  std::string text = kEthernetPolicy;
+  for (int i = 0; i < 15; ++i) {
+    text += "[[class]]\nname = \"extra" + std::to_string(i) +
+            "\"\nrole = \"other\"\npriority = "
+            "\"low\"\ndscp = " +
+            std::to_string(20 + i) + "\n";
+  }
+  // class[16], the 17th, is the 15th added: its header follows 14 base lines and 14 * 5 more.
+  EXPECT_THAT(
+      diagnosticTexts(loadTestPolicy(text)),
+      ElementsAre("policy.toml:85:1: error: class[16]: 17 classes; a policy has at most 16"));
+}
+
 TEST(PolicyLoaderTest, OversizedFileIsRefused) {
   std::string huge = std::string(kInfinibandPolicy) + "#" + std::string(1 << 20, 'x') + "\n";
   EXPECT_THAT(diagnosticTexts(loadTestPolicy(huge)),
@@ -365,6 +379,12 @@ std::vector<Case> errorCases() {
       {"DscpZeroOnNonDefaultEthernetClass", replaceLine(eth, 14, "dscp = 0"),
        "policy.toml:14:8: error: class[1].dscp: DSCP 0 is what unmarked packets carry: every "
        "unmarked packet on the link would join class \"kv\"; pick another DSCP",
+       false},
+      {"EthernetSharedDscp",
+       replaceLine(eth, 9, "dscp = 10\ntcp_ports = \"24576-25599\"") + "dscp = 10",
+       "policy.toml:16:8: error: class[1].dscp: DSCP 10 is also class \"collective\"'s (line 9): "
+       "on "
+       "an Ethernet fabric the two classes' marked packets could not be told apart",
        false},
       {"PortRangeMalformed", replaceLine(eth, 14, "tcp_ports = \"26000-25000\""),
        "policy.toml:14:13: error: class[1].tcp_ports: 26000-25000 is not a port range "

@@ -168,6 +168,24 @@ TEST(RenderTcTest, WorksForInfinibandPoliciesWithDscp) {
             "HTB class");
 }
 
+TEST(RenderTcTest, RefusesClassesTcCannotTellApart) {
+  Result<std::string> zero = renderTc(
+      mustLoad(testing::appendLines(replaceLine(kInfinibandPolicy, 23, "ib_sl = 2"), "dscp = 0")),
+      "ib0", 100'000'000'000);
+  ASSERT_FALSE(zero.hasValue());
+  EXPECT_EQ(zero.status().message(),
+            "class \"kv\" has DSCP 0, which every unmarked packet carries: tc could not tell its "
+            "packets from other traffic");
+  Result<std::string> shared =
+      renderTc(mustLoad(testing::appendLines(
+                   replaceLine(kInfinibandPolicy, 16, "ib_sl = 0\ndscp = 10"), "dscp = 10")),
+               "ib0", 100'000'000'000);
+  ASSERT_FALSE(shared.hasValue());
+  EXPECT_EQ(shared.status().message(),
+            "classes \"collective\" and \"kv\" share DSCP 10: tc could not tell their marked "
+            "packets apart");
+}
+
 TEST(PortRangeMasksTest, AlignedRangeIsOneMatch) {
   using Masks = std::vector<std::pair<std::uint16_t, std::uint16_t>>;
   EXPECT_EQ(portRangeMasks({25600, 26623}), (Masks{{25600, 0xfc00}}));

@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -113,7 +114,15 @@ struct RenderArgs {
 
 int runRender(const RenderArgs& args, Streams io) {
   std::optional<BitsPerSecond> rate;
-  if (!args.rate.empty() && args.format == "tc") {
+  for (auto [flag, value, format] :
+       {std::tuple{"--rate", &args.rate, "tc"}, std::tuple{"--dev", &args.dev, "tc"},
+        std::tuple{"--iface", &args.iface, "roce"}}) {
+    if (!value->empty() && args.format != format) {
+      io.err << fmt::format("dualpath-qos: {} applies to --format {} only\n", flag, format);
+      return kExitInvalid;
+    }
+  }
+  if (!args.rate.empty()) {
     Result<BitsPerSecond> parsed = parseBitRate(args.rate);
     if (!parsed) {
       io.err << "dualpath-qos: --rate: " << parsed.status().message() << '\n';

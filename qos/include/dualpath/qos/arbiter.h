@@ -39,7 +39,7 @@ using TimeNs = std::int64_t;  // CLOCK_MONOTONIC nanoseconds
 TimeNs monotonicNowNs() noexcept;
 
 using ClassIndex = std::uint8_t;
-inline constexpr std::size_t kMaxArbiterClasses = 16;
+inline constexpr std::size_t kMaxArbiterClasses = kMaxTrafficClasses;
 
 struct ArbiterClassSpec {
   std::string name;

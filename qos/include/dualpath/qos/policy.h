@@ -32,6 +32,7 @@ inline constexpr int kIbDropVl = 15;         // SL2VL entry meaning "drop" (VL15
 inline constexpr int kMaxDscp = 63;
 inline constexpr int kRocePriorities = 8;  // IEEE 802.1p priorities 0-7
 inline constexpr int kNcclTrafficClassUnset = -1;
+inline constexpr std::size_t kMaxTrafficClasses = 16;  // the arbiter's per-link limit
 
 enum class FabricKind : std::uint8_t { infiniband, roce, ethernet };
 enum class Priority : std::uint8_t { high, low };

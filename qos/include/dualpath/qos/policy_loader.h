@@ -3,9 +3,10 @@
 // The loader reads TOML, builds a Policy and checks it against the fabric's
 // rules. Every problem becomes a Diagnostic that names the file, line, column
 // and field ("paper-ib.toml:14:9: error: class[1].ib_sl: 16 is out of range
-// ..."). Loading reports every problem of a stage at once: syntax errors
-// first (TOML stops there), then every key, type and range error; the rules
-// that relate fields run when every field has a valid value. A policy with
+// ..."). Loading reports every problem of a stage at once: non-ASCII text
+// outside comments and syntax errors first (parsing stops there), then every
+// key, type and range error; the rules that relate fields run when every field
+// has a valid value. A policy with
 // errors yields no Policy; warnings leave it usable.
 //
 // Threading: pure functions of their input; call from any thread.

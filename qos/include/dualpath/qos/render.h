@@ -26,8 +26,9 @@ enum class RoceTool : std::uint8_t { mlnx_qos, dcb };
 
 Result<std::string> renderOpenSm(const Policy& policy);
 Result<std::string> renderRoce(const Policy& policy, std::string_view interface, RoceTool tool);
-// `rate` overrides the link rate (else fabric.link_rate on Ethernet, else
-// arbiter.link_rate); tc needs one to size HTB classes.
+// `rate` is the link's rate, else fabric.link_rate on Ethernet; tc needs it to
+// size HTB classes. (arbiter.link_rate is a shaping rate, not the link's.)
+// Fails when tc could not tell two classes apart by port or DSCP.
 Result<std::string> renderTc(const Policy& policy, std::string_view device,
                              std::optional<BitsPerSecond> rate);
 // `policy_path` is what DUALPATH_QOS_POLICY should hold (absolute); empty for
