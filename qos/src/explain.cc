@@ -1,5 +1,4 @@
 // `dualpath-qos explain`: what a policy does, for humans (a table) and tools (JSON).
-#include <cmath>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -12,12 +11,6 @@ namespace {
 
 std::string orDash(const std::optional<std::uint8_t>& value) {
   return value ? std::to_string(*value) : "-";
-}
-
-std::string shareText(double share) {
-  double percent = share * 100.0;
-  if (std::abs(percent - std::round(percent)) < 1e-9) return fmt::format("{:.0f}%", percent);
-  return fmt::format("{:.1f}%", percent);
 }
 
 std::string trafficClassIds(const TrafficClass& cls) {
@@ -64,7 +57,7 @@ std::string arbiterSummary(const ArbiterSettings& a) {
   return fmt::format(
       "Software arbiter: low-priority classes keep {} of a contended link and post at most {} at a "
       "time; {}; in flight: {} for all classes, {} for low priority.\n",
-      shareText(a.low_share), formatBytes(a.chunk),
+      formatShare(a.low_share), formatBytes(a.chunk),
       a.link_rate ? fmt::format("shapes to {} with a {} burst", formatBitRate(*a.link_rate),
                                 formatBytes(a.burst))
                   : std::string("no software shaping"),
@@ -91,7 +84,7 @@ std::string explainText(const Policy& policy) {
   for (std::size_t i = 0; i < policy.classes.size(); ++i) {
     const TrafficClass& cls = policy.classes[i];
     std::vector<std::string> row{cls.name, std::string(roleName(cls.role)),
-                                 std::string(priorityName(cls.priority)), shareText(shares[i]),
+                                 std::string(priorityName(cls.priority)), formatShare(shares[i]),
                                  trafficClassIds(cls)};
     switch (policy.kind()) {
       case FabricKind::infiniband: {

@@ -1,5 +1,7 @@
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include <dualpath/qos/policy.h>
 
 namespace dualpath::qos {
@@ -183,6 +185,12 @@ std::vector<double> guaranteedShares(const Policy& policy) {
                                                     : share_low * cls.weight / weight_low);
   }
   return shares;
+}
+
+std::string formatShare(double share) {
+  double percent = share * 100.0;
+  if (std::abs(percent - std::round(percent)) < 1e-9) return fmt::format("{:.0f}%", percent);
+  return fmt::format("{:.1f}%", percent);
 }
 
 std::vector<UcxSetting> ucxSettingsFor(const Policy& policy, const TrafficClass& cls,

@@ -1022,10 +1022,13 @@ low_share = 0.05
 )";
 }
 
+LoadedPolicy loadPolicy(const std::string& path) {
+  if (path.empty()) return loadPolicyText(builtinPolicyText(), std::string(kBuiltinPolicyName));
+  return loadPolicyFile(path);
+}
+
 Result<Policy> loadPolicyOrError(const std::string& path, bool warnings_are_errors) {
-  LoadedPolicy loaded = path.empty()
-                            ? loadPolicyText(builtinPolicyText(), std::string(kBuiltinPolicyName))
-                            : loadPolicyFile(path);
+  LoadedPolicy loaded = loadPolicy(path);
   std::string errors;
   for (const Diagnostic& d : loaded.diagnostics) {
     bool fatal = d.severity == Severity::error || warnings_are_errors;

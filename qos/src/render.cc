@@ -85,12 +85,6 @@ std::string shellQuote(std::string_view value) {
   return quoted + "'";
 }
 
-std::string percentText(double share) {
-  double percent = share * 100.0;
-  if (std::abs(percent - std::round(percent)) < 1e-9) return fmt::format("{:.0f}%", percent);
-  return fmt::format("{:.1f}%", percent);
-}
-
 }  // namespace
 
 std::vector<std::pair<std::uint16_t, std::uint16_t>> portRangeMasks(PortRange range) {
@@ -168,7 +162,7 @@ Result<std::string> renderRoce(const Policy& policy, std::string_view interface,
     std::uint8_t tc = fabric.prio_tc[*cls.roce_priority];
     out += fmt::format("#   {}: DSCP {} (ToS {}) -> priority {} -> TC {}, ETS {}{}\n", cls.name,
                        *cls.dscp, *cls.tosByte(), *cls.roce_priority, tc,
-                       percentText(class_shares[i]), pfc[*cls.roce_priority] ? ", PFC" : "");
+                       formatShare(class_shares[i]), pfc[*cls.roce_priority] ? ", PFC" : "");
   }
   out += "set -e\n";
   if (tool == RoceTool::mlnx_qos) {
@@ -271,7 +265,7 @@ Result<std::string> renderTc(const Policy& policy, std::string_view device,
     // the rate, within what HTB accepts without warnings.
     auto quantum = std::clamp<BitsPerSecond>(class_rate / 8 / 1000, 1514, 200000);
     out += fmt::format("# class {}: {} priority, {} guaranteed\n", cls.name,
-                       priorityName(cls.priority), percentText(shares[i]));
+                       priorityName(cls.priority), formatShare(shares[i]));
     out += fmt::format(
         "tc class add dev {} parent 1:1 classid {} htb rate {} ceil {} prio {} quantum {}\n",
         device, class_id(cls), formatBitRate(class_rate), link,

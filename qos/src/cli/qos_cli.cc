@@ -33,11 +33,6 @@ Result<std::string> resolvePolicyPath(const std::string& argument) {
   return snapshot->qos_policy;
 }
 
-LoadedPolicy load(const std::string& path) {
-  return path.empty() ? loadPolicyText(builtinPolicyText(), std::string(kBuiltinPolicyName))
-                      : loadPolicyFile(path);
-}
-
 void printDiagnostics(const LoadedPolicy& loaded, bool strict, std::ostream& err) {
   for (const Diagnostic& d : loaded.diagnostics) {
     Diagnostic shown = d;
@@ -53,7 +48,7 @@ std::optional<Policy> loadForCommand(const std::string& argument, bool strict, S
     io.err << "dualpath-qos: " << path.status().message() << '\n';
     return std::nullopt;
   }
-  LoadedPolicy loaded = load(*path);
+  LoadedPolicy loaded = loadPolicy(*path);
   printDiagnostics(loaded, strict, io.err);
   if (!loaded.policy || (strict && loaded.warningCount() > 0)) {
     io.err << fmt::format("dualpath-qos: {}: not a valid policy ({} error{}{})\n",
@@ -89,7 +84,7 @@ int runValidate(const std::string& argument, bool strict, Streams io) {
     io.err << "dualpath-qos: " << path.status().message() << '\n';
     return kExitInvalid;
   }
-  LoadedPolicy loaded = load(*path);
+  LoadedPolicy loaded = loadPolicy(*path);
   printDiagnostics(loaded, strict, io.err);
   const std::string name = path->empty() ? std::string(kBuiltinPolicyName) : *path;
   std::size_t errors = loaded.errorCount() + (strict ? loaded.warningCount() : 0);
@@ -299,6 +294,14 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
     return code == 0 ? kExitOk : kExitInvalid;
   }
 
+  // The environment is parsed once, up front: a bad DUALPATH_* value fails
+  // every command loudly (`params` reports it itself, after the listing).
+  if (!params_command->parsed()) {
+    if (Result<const params::Snapshot*> snapshot = params::global(); !snapshot) {
+      err << "dualpath-qos: " << snapshot.status().message() << '\n';
+      return kExitInvalid;
+    }
+  }
   if (validate->parsed()) return runValidate(validate_policy, validate_strict, io);
   if (render->parsed()) return runRender(render_args, io);
   if (explain->parsed()) return runExplain(explain_policy, explain_json, explain_strict, io);

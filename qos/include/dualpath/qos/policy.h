@@ -197,6 +197,9 @@ static_assert(
 // other. The fabric renderers (ETS, HTB) and the arbiter use the same numbers.
 std::vector<double> guaranteedShares(const Policy& policy);
 
+// A share as admins read it: "95%", "0.4%".
+std::string formatShare(double share);
+
 // The UCX settings the transport applies to this class's UCP context, names
 // without the UCX_ prefix. IB/RoCE keys (IB_SL, IB_TRAFFIC_CLASS) are included
 // only when `rdma_devices` is true: UCX warns about keys no opened interface

@@ -46,6 +46,8 @@ struct LoadedPolicy {
 // `source_name` names the text in diagnostics (normally the file path).
 LoadedPolicy loadPolicyText(std::string_view text, std::string source_name);
 LoadedPolicy loadPolicyFile(const std::string& path);
+// A file, or the built-in policy when `path` is empty (DUALPATH_QOS_POLICY's rule).
+LoadedPolicy loadPolicy(const std::string& path);
 
 // The policy used when DUALPATH_QOS_POLICY is unset: collectives on the
 // default high-priority class, KV relays on a low-priority class keeping 5%
