@@ -176,7 +176,8 @@ std::string explainJson(const Policy& policy) {
            {"fabric", std::move(fabric)},
            {"classes", std::move(classes)},
            {"arbiter", std::move(arbiter)}};
-  return out.dump(2) + "\n";
+  // A path need not be UTF-8; JSON must be, so bad bytes become U+FFFD.
+  return out.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace dualpath::qos

@@ -1,7 +1,17 @@
+#include <exception>
 #include <iostream>
 
 #include "qos_cli.h"
 
 int main(int argc, char** argv) {
-  return dualpath::qos::cli::run(argc, argv, std::cout, std::cerr);
+  // Our code reports through Status; this catches what a library may still
+  // throw (std::bad_alloc) so the admin gets a message, not std::terminate.
+  try {
+    return dualpath::qos::cli::run(argc, argv, std::cout, std::cerr);
+  } catch (const std::exception& e) {
+    std::cerr << "dualpath-qos: internal error: " << e.what() << '\n';
+  } catch (...) {
+    std::cerr << "dualpath-qos: internal error\n";
+  }
+  return dualpath::qos::cli::kExitInvalid;
 }
