@@ -16,6 +16,7 @@ dualpath_require_package(spdlog libspdlog-dev CONFIG)
 dualpath_require_package(CLI11 libcli11-dev CONFIG)
 dualpath_require_package(nlohmann_json nlohmann-json3-dev CONFIG)
 dualpath_require_package(tomlplusplus libtomlplusplus-dev CONFIG)
+dualpath_require_package(ucx libucx-dev CONFIG)
 
 # toml++ is used header-only and without exceptions, so the parser is compiled
 # with our sanitizer and fuzzer instrumentation and never throws. Debian's

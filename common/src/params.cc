@@ -1,4 +1,5 @@
 #include <array>
+#include <charconv>
 #include <cstdlib>
 #include <mutex>
 
@@ -17,6 +18,35 @@ Result<log::Level> LogLevelKind::parse(std::string_view text) {
                            log::Level::error, log::Level::off}) {
     if (text == log::levelName(level)) return level;
   }
+  return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
+}
+
+Result<std::vector<std::string>> PatternListKind::parse(std::string_view text) {
+  std::vector<std::string> patterns;
+  if (text.empty()) return patterns;
+  std::size_t begin = 0;
+  while (true) {
+    std::size_t end = text.find(',', begin);
+    std::string_view item = text.substr(begin, end == std::string_view::npos ? end : end - begin);
+    if (item.empty()) return Status(StatusCode::invalid_argument, fmt::format("empty item; expected {}", kForm));
+    patterns.emplace_back(item);
+    if (end == std::string_view::npos) return patterns;
+    begin = end + 1;
+  }
+}
+
+Result<std::uint32_t> MillisecondsKind::parse(std::string_view text) {
+  std::uint64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size() || value < 1 || value > 86'400'000) {
+    return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
+  }
+  return static_cast<std::uint32_t>(value);
+}
+
+Result<bool> BoolKind::parse(std::string_view text) {
+  if (text == "1" || text == "true" || text == "yes") return true;
+  if (text == "0" || text == "false" || text == "no") return false;
   return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
 }
 

@@ -14,6 +14,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
+#include <cstdint>
 
 #include <dualpath/common/log.h>
 #include <dualpath/common/status.h>
@@ -30,6 +32,22 @@ struct PathKind {
 struct LogLevelKind {
   using value_type = log::Level;
   static constexpr std::string_view kForm = "trace, debug, info, warn, error or off";
+  static Result<value_type> parse(std::string_view text);
+};
+
+struct PatternListKind {
+  using value_type = std::vector<std::string>;
+  static constexpr std::string_view kForm = "comma-separated non-empty shell patterns";
+  static Result<value_type> parse(std::string_view text);
+};
+struct MillisecondsKind {
+  using value_type = std::uint32_t;
+  static constexpr std::string_view kForm = "an integer number of milliseconds, 1 to 86400000";
+  static Result<value_type> parse(std::string_view text);
+};
+struct BoolKind {
+  using value_type = bool;
+  static constexpr std::string_view kForm = "0, 1, false, true, no or yes";
   static Result<value_type> parse(std::string_view text);
 };
 

@@ -29,6 +29,9 @@ class DP_CAPABILITY("mutex") Mutex {
  public:
   void lock() DP_ACQUIRE() { mu_.lock(); }
   void unlock() DP_RELEASE() { mu_.unlock(); }
+  // Tells the analysis that the caller holds the lock: for callbacks that
+  // run inside a locked call (UCX callbacks inside ucp_worker_progress).
+  void assertHeld() const DP_THREAD_ANNOTATION(assert_capability(this)) {}
 
  private:
   std::mutex mu_;

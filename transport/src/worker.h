@@ -1,0 +1,261 @@
+// Internal: one UCP context and worker for a (device, traffic class), and the
+// state of every connection, listener and connect attempt on it.
+//
+// Ownership: the Worker owns every Connection and ListenerState in its maps;
+// the public Endpoint/Listener/Connector objects hold a shared_ptr to the
+// Worker and a raw pointer to their state, and hand the state back with
+// retire*() when destroyed. A retired connection stays until UCX has
+// finished every request that points into it (callbacks write into its
+// request pool), so no UCX callback ever sees freed memory.
+//
+// Threading: `mu` guards everything below it, including every UCX call on
+// this worker. UCX callbacks run inside ucp_worker_progress(), which we only
+// call with `mu` held, so they run under it too.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <ucp/api/ucp.h>
+
+#include <dualpath/common/status.h>
+#include <dualpath/common/thread_annotations.h>
+#include <dualpath/qos/arbiter.h>
+#include <dualpath/transport/transport.h>
+
+namespace dualpath::transport {
+
+class Worker;
+struct Connection;
+
+// UCX status as ours: peer failures are `remote`, timeouts `timeout`,
+// resource exhaustion `again`, the rest `io`.
+Status fromUcs(ucs_status_t status, std::string_view what);
+
+// Tag layout (64 bits): [63] 0 | [62:43] receiver's endpoint id | [42:11] the
+// caller's tag | [10:0] per-tag sequence. Receivers match every bit.
+//
+// Chunks: a sender with chunk size C (the arbiter's maxPostBytes for the
+// class; unlimited for high priority) sends a message of S bytes as
+// floor(S / C) + 1 messages of one tag: full chunks, then one shorter chunk
+// (possibly empty). The receiver, told C in the handshake, reposts the rest of
+// its buffer after every full chunk and stops at the first short one. (UCX
+// 1.13 does not report the sender's tag reliably for rendezvous receives, so
+// the length is the only end-of-message signal we use.)
+namespace tagbits {
+inline constexpr unsigned kEndpointIdBits = 20;
+inline constexpr unsigned kSeqBits = 11;
+inline constexpr std::uint64_t kMatchAll = ~std::uint64_t{0};
+inline constexpr std::uint32_t kMaxEndpointId = (1u << kEndpointIdBits) - 1;
+inline std::uint64_t make(std::uint32_t endpoint_id, std::uint32_t tag, std::uint32_t seq) {
+  return (std::uint64_t{endpoint_id} << 43) | (std::uint64_t{tag} << kSeqBits) |
+         std::uint64_t{seq & ((1u << kSeqBits) - 1)};
+}
+inline std::uint32_t callerTag(std::uint64_t bits) {
+  return static_cast<std::uint32_t>(bits >> kSeqBits);
+}
+}  // namespace tagbits
+
+// Counts messages per caller tag, so the k-th send with tag t meets the k-th
+// receive buffer with tag t: NCCL's "posting order, tag picks the buffer".
+class TagSequences {
+ public:
+  static constexpr std::size_t kMaxTags = 64;
+  // The next sequence number for `tag`; `invalid_usage` past kMaxTags tags.
+  Result<std::uint32_t> next(std::uint32_t tag) noexcept;
+
+ private:
+  struct Entry {
+    std::uint32_t tag = 0;
+    std::uint32_t next = 0;
+  };
+  std::array<Entry, kMaxTags> entries_{};
+  std::size_t used_ = 0;
+};
+
+enum class RequestKind : std::uint8_t { send, recv, put };
+
+struct RecvState {
+  char* data = nullptr;
+  std::size_t capacity = 0;
+  std::size_t received = 0;
+  std::uint64_t tag_bits = 0;
+  void* ucx = nullptr;  // the posted ucp request, for cancel
+  bool done = false;
+  bool repost = false;  // a middle chunk arrived: post the next one
+};
+
+}  // namespace dualpath::transport
+
+// Request lives in the public namespace's forward declaration.
+namespace dualpath::transport {
+
+class Request {
+ public:
+  Connection* connection = nullptr;
+  RequestKind kind = RequestKind::send;
+  bool in_use = false;
+  Status failure;  // first error seen
+  qos::TimeNs last_progress_ns = 0;
+
+  // send and put
+  const char* data = nullptr;
+  std::size_t size = 0;
+  std::size_t chunks_total = 0;   // see tagbits: sends end with a short chunk
+  std::size_t chunks_posted = 0;
+  std::size_t inflight = 0;       // UCX operations not yet completed
+  std::uint64_t tag_bits = 0;
+  ucp_rkey_h rkey = nullptr;
+  std::uint64_t remote_addr = 0;
+  bool flush_posted = false;
+  bool flushed = false;
+  bool queued = false;  // in the connection's pending-post ring
+
+  // recv
+  std::uint8_t slot_count = 0;
+  std::array<RecvState, kMaxRecvsPerRequest> slots{};
+
+  bool finished() const;
+};
+
+// A per-chunk completion context: which request and how many bytes.
+struct ChunkContext {
+  Request* request = nullptr;
+  std::size_t bytes = 0;
+  std::uint8_t slot = 0;
+};
+
+struct Connection {
+  Worker* worker = nullptr;
+  ucp_ep_h ep = nullptr;
+  std::uint32_t local_id = 0;
+  std::uint32_t remote_id = 0;
+  std::string peer;
+  Status failure;  // set once; every later post fails with it
+  bool retired = false;
+  bool close_posted = false;
+  bool closed = false;
+  qos::TimeNs retired_ns = 0;
+  std::size_t ucx_outstanding = 0;  // UCX requests pointing into this connection
+  bool rdma_expected = false;
+  std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class
+
+  std::vector<Request> requests;        // fixed pool; addresses are stable
+  std::vector<Request*> pending_posts;  // FIFO of sends/puts with chunks to post
+  std::vector<ChunkContext> chunk_pool;
+  std::vector<ChunkContext*> free_chunks;
+  TagSequences send_sequences;
+  TagSequences recv_sequences;
+
+  // Handshake message buffers: UCX reads them until the send completes.
+  std::array<std::byte, 64> hello{};
+  std::array<std::byte, 64> welcome{};
+};
+
+struct ListenerState {
+  Worker* worker = nullptr;
+  ucp_listener_h listener = nullptr;
+  std::uint64_t listener_id = 0;
+  std::deque<Connection*> ready;  // said hello; waiting for tryAccept()
+};
+
+struct ConnectState {
+  Connection* connection = nullptr;  // owned by the worker; ep created
+  bool welcomed = false;
+  Status failure;
+  qos::TimeNs started_ns = 0;
+};
+
+class Worker {
+ public:
+  static Result<std::shared_ptr<Worker>> create(const DeviceInfo& device, std::size_t device_index,
+                                                const qos::Policy& policy,
+                                                std::uint8_t class_index,
+                                                const EngineConfig& config,
+                                                std::shared_ptr<qos::LinkArbiter> arbiter,
+                                                std::shared_ptr<TransportCounters> counters,
+                                                std::shared_ptr<Mutex> counters_mu);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  Mutex mu;
+
+  // All below: caller holds mu.
+  void progress() DP_REQUIRES(mu);
+  Result<ListenerState*> createListener(std::uint16_t* port) DP_REQUIRES(mu);
+  void destroyListener(ListenerState* state) DP_REQUIRES(mu);
+  Result<ConnectState*> startConnect(const ConnectHandle& handle, std::uint16_t port)
+      DP_REQUIRES(mu);
+  void abandonConnect(ConnectState* state) DP_REQUIRES(mu);
+  void retire(Connection* connection) DP_REQUIRES(mu);
+  void fail(Connection& connection, Status reason) DP_REQUIRES(mu);
+  void pumpPosts(Connection& connection, qos::TimeNs now) DP_REQUIRES(mu);
+  void postRecvSlot(Request& request, std::uint8_t slot) DP_REQUIRES(mu);
+  ChunkContext* takeChunk(Connection& connection) DP_REQUIRES(mu);
+  void giveChunk(Connection& connection, ChunkContext* chunk) DP_REQUIRES(mu);
+  void finishRequest(Request& request) DP_REQUIRES(mu);
+  std::vector<std::string> lanes(const Connection& connection) DP_REQUIRES(mu);
+
+  ucp_context_h context() const { return context_; }
+  ucp_worker_h ucpWorker() const { return worker_; }
+  qos::LinkArbiter& arbiter() const { return *arbiter_; }
+  std::uint8_t classIndex() const { return class_index_; }
+  const DeviceInfo& device() const { return device_; }
+  std::uint32_t timeoutMs() const { return config_.timeout_ms; }
+  std::uint64_t policyDigest() const { return policy_digest_; }
+
+  // UCX callbacks (static trampolines call these).
+  void onConnRequest(ListenerState* listener, ucp_conn_request_h request) DP_REQUIRES(mu);
+  void onEpError(ucp_ep_h ep, ucs_status_t status) DP_REQUIRES(mu);
+  ucs_status_t onHello(const void* header, std::size_t length, ucp_ep_h reply_ep)
+      DP_REQUIRES(mu);
+  ucs_status_t onWelcome(const void* header, std::size_t length) DP_REQUIRES(mu);
+
+ private:
+  Worker(DeviceInfo device, std::size_t device_index, std::uint8_t class_index,
+         EngineConfig config, std::shared_ptr<qos::LinkArbiter> arbiter,
+         std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu);
+  Status init(const qos::Policy& policy);
+  Result<Connection*> newConnection(ucp_ep_h ep, std::string peer) DP_REQUIRES(mu);
+  Result<ucp_ep_h> createEp(ucp_ep_params_t& params, const std::string& peer) DP_REQUIRES(mu);
+  void checkTimeouts(qos::TimeNs now) DP_REQUIRES(mu);
+  void reapRetired(qos::TimeNs now) DP_REQUIRES(mu);
+  void closeEp(Connection& connection, bool force) DP_REQUIRES(mu);
+  void checkLanes(Connection& connection) DP_REQUIRES(mu);
+  Connection* findByEp(ucp_ep_h ep) DP_REQUIRES(mu);
+  void bumpCounter(std::uint64_t TransportCounters::*counter);
+
+  const DeviceInfo device_;
+  const std::size_t device_index_;
+  const std::uint8_t class_index_;
+  const EngineConfig config_;
+  std::shared_ptr<qos::LinkArbiter> arbiter_;
+  std::shared_ptr<TransportCounters> counters_;
+  std::shared_ptr<Mutex> counters_mu_;
+  std::uint64_t policy_digest_ = 0;
+
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+
+  std::uint32_t next_endpoint_id_ DP_GUARDED_BY(mu) = 1;
+  std::unordered_map<std::uint32_t, std::unique_ptr<Connection>> connections_ DP_GUARDED_BY(mu);
+  std::unordered_map<ucp_ep_h, Connection*> by_ep_ DP_GUARDED_BY(mu);
+  // Server side: accepted UCX endpoints that have not said hello yet.
+  struct Accepting {
+    ListenerState* listener = nullptr;
+    Connection* connection = nullptr;
+    qos::TimeNs created_ns = 0;
+  };
+  std::vector<Accepting> accepting_ DP_GUARDED_BY(mu);
+  std::vector<std::unique_ptr<ListenerState>> listeners_ DP_GUARDED_BY(mu);
+  std::vector<std::unique_ptr<ConnectState>> connects_ DP_GUARDED_BY(mu);
+  qos::TimeNs last_timeout_scan_ns_ DP_GUARDED_BY(mu) = 0;
+};
+
+}  // namespace dualpath::transport
