@@ -140,9 +140,11 @@ struct PluginState {
   }
 };
 
+// Destroyed when NCCL unloads the library (or at exit): the v8-v10 context,
+// and with it the last engine reference, go then.
 PluginState& state() {
-  static PluginState* s = new PluginState();  // never destroyed: NCCL may call during exit
-  return *s;
+  static PluginState s;
+  return s;
 }
 
 Result<std::shared_ptr<transport::Engine>> currentEngine() {

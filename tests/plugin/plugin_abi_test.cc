@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -81,6 +82,7 @@ class Peer {
     return line;
   }
   void killNow() { kill(pid_, SIGKILL); }
+  void release() { (void)!write(fd_, "x", 1); }
   // Exit status, or -1 if it did not exit within the bound.
   int wait() {
     for (int i = 0; i < 2000; ++i) {
@@ -188,9 +190,14 @@ TEST_P(PluginAbiTest, TwoProcessExchangeDeliversEveryByte) {
   progress.join();
 
   EXPECT_EQ(peer.readLine(), "OK exchange");
-  EXPECT_EQ(peer.wait(), 0);
+  // The lanes UCX chose for the data: shared memory whenever UCX_TLS allows it.
+  const char* tls = std::getenv("UCX_TLS");
+  const bool shm_allowed = tls == nullptr || std::string_view(tls).find("posix") != std::string_view::npos;
+  EXPECT_THAT(loggedLines(), Contains(HasSubstr(shm_allowed ? "posix/memory" : "lanes tcp/lo")));
+  // As NCCL's ranks do: both close and finalize, progressing their closes.
   EXPECT_EQ(api.closeSend(send), abi::success);
   EXPECT_EQ(api.finalize(ctx), abi::success);
+  EXPECT_EQ(peer.wait(), 0);
 }
 
 TEST_P(PluginAbiTest, PeerDeathFailsTheOutstandingSend) {
@@ -257,8 +264,9 @@ TEST(PluginClassTest, V10ConnectConfigPicksTheClassOnBothEnds) {
   std::string error;
   ASSERT_TRUE(connectBoth(api, ctx, nullptr, handle.data(), &send, &unused, &error)) << error;
   EXPECT_THAT(peer.readLine(), HasSubstr("on class 'kv'"));
-  EXPECT_EQ(peer.wait(), 0);
+  peer.release();
   EXPECT_EQ(api.closeSend(send), abi::success);
+  EXPECT_EQ(peer.wait(), 0);
 }
 
 TEST(PluginClassTest, UnknownTrafficClassFailsInitWithTheKnownIds) {
@@ -347,7 +355,12 @@ TEST_F(PluginLocalTest, ThousandConnectCloseCyclesLeakNoFdsOrMemory) {
   // Closing is asynchronous: drive the worker until the last closes finish.
   for (int i = 0; i < 200 && openFdCount() > fds_before; ++i) cycle();
   EXPECT_LE(openFdCount(), fds_before + 2);
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's quarantine keeps freed memory resident; its leak check covers this.
+  (void)rss_before;
+#else
   EXPECT_LT(residentKiB(), rss_before + 32 * 1024) << "resident memory grew by more than 32 MiB";
+#endif
   EXPECT_THAT(loggedLines(), ::testing::Not(Contains(HasSubstr("WARN"))));
   EXPECT_EQ(api_.closeListen(listen_comm), abi::success);
 }

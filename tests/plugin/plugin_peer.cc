@@ -151,6 +151,8 @@ int main(int argc, char** argv) {
       for (const std::string& line : loggedLines()) {
         if (line.find("accept: from") != std::string::npos) reply("OK " + line);
       }
+      char byte = 0;
+      (void)!read(g_fd, &byte, 1);  // the test's connect is done when it writes or closes
     } else if (scenario == "hold") {
       reply("OK holding");
       char byte = 0;

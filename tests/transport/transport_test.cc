@@ -1,5 +1,6 @@
 // The transport core over UCX tcp on loopback, in one process: handshake,
 // matching, chunking under the arbiter, puts, limits and handle checks.
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <numeric>
@@ -70,6 +71,182 @@ TEST_F(TransportTest, SendArrivesIntact) {
   ASSERT_TRUE(got.isOk()) << got.toString();
   EXPECT_EQ(sizes[0], sent.size());
   EXPECT_EQ(received, sent);
+}
+
+TEST_F(TransportTest, LowPriorityMessagesGoInChunksTheArbiterGrants) {
+  const std::uint8_t kv = classIndex("kv");
+  EndpointPair pair = connectPair(*engine_, *engine_, kv);
+  ASSERT_TRUE(pair.client && pair.server);
+  const std::size_t chunk = engine_->arbiter(0).maxPostBytes(kv);
+  ASSERT_EQ(chunk, policy_.arbiter.chunk);
+  const auto before = engine_->arbiter(0).stats(kv);
+  // Exactly three chunks' worth: three full chunks plus the empty closing one.
+  std::vector<char> sent = pattern(3 * chunk, 11);
+  std::vector<char> received(4 * chunk);
+  RecvSlot slot{received.data(), received.size(), 0};
+  auto recv = pair.server->postRecv({&slot, 1});
+  ASSERT_TRUE(recv.hasValue()) << recv.status().toString();
+  Result<Request*> send = Status(StatusCode::again);
+  ASSERT_TRUE(pollUntil([&] {
+    send = pair.client->postSend(sent.data(), sent.size(), 0, nullptr);
+    return send.hasValue() || send.status().code() != StatusCode::again;
+  }));
+  ASSERT_TRUE(send.hasValue()) << send.status().toString();
+  std::size_t sizes[1] = {0};
+  ASSERT_TRUE(waitRequest(*send).isOk());
+  Status got = waitRequest(*recv, sizes, 1);
+  ASSERT_TRUE(got.isOk()) << got.toString();
+  EXPECT_EQ(sizes[0], sent.size());
+  EXPECT_TRUE(std::equal(sent.begin(), sent.end(), received.begin()));
+  const auto after = engine_->arbiter(0).stats(kv);
+  EXPECT_EQ(after.granted_posts - before.granted_posts, 3u) << "one grant per non-empty chunk";
+  EXPECT_EQ(after.granted_bytes - before.granted_bytes, sent.size());
+  EXPECT_EQ(after.inflight_bytes, 0u) << "every chunk released";
+}
+
+TEST_F(TransportTest, GroupedReceiveLetsTagsPickBuffers) {
+  EndpointPair pair = connectPair(*engine_, *engine_, classIndex("collective"));
+  ASSERT_TRUE(pair.client && pair.server);
+  std::vector<char> a(64), b(64);
+  RecvSlot slots[2] = {{a.data(), a.size(), 10}, {b.data(), b.size(), 20}};
+  auto recv = pair.server->postRecv(slots);
+  ASSERT_TRUE(recv.hasValue());
+  auto m20 = pattern(20, 2);
+  auto m10 = pattern(10, 1);
+  auto s20 = pair.client->postSend(m20.data(), m20.size(), 20, nullptr);
+  auto s10 = pair.client->postSend(m10.data(), m10.size(), 10, nullptr);
+  ASSERT_TRUE(s20.hasValue() && s10.hasValue());
+  std::size_t sizes[2] = {0, 0};
+  ASSERT_TRUE(waitRequest(*recv, sizes, 2).isOk());
+  EXPECT_EQ(sizes[0], 10u);
+  EXPECT_EQ(sizes[1], 20u);
+  EXPECT_TRUE(std::equal(m10.begin(), m10.end(), a.begin()));
+  EXPECT_TRUE(std::equal(m20.begin(), m20.end(), b.begin()));
+  ASSERT_TRUE(waitRequest(*s20).isOk());
+  ASSERT_TRUE(waitRequest(*s10).isOk());
+}
+
+TEST_F(TransportTest, PutLandsInTheRemoteRegion) {
+  const std::uint8_t kv = classIndex("kv");
+  EndpointPair pair = connectPair(*engine_, *engine_, kv);
+  ASSERT_TRUE(pair.client && pair.server);
+  std::vector<char> target(2 << 20, 0);
+  auto region = pair.server->registerMemory(target.data(), target.size());
+  ASSERT_TRUE(region.hasValue()) << region.status().toString();
+  auto key = (*region)->packRemoteKey();
+  ASSERT_TRUE(key.hasValue());
+  auto remote = pair.client->importRemote(*key, reinterpret_cast<std::uint64_t>(target.data()),
+                                          target.size());
+  ASSERT_TRUE(remote.hasValue()) << remote.status().toString();
+  // Larger than a chunk, at an offset: several granted puts, one flush.
+  std::vector<char> block = pattern(policy_.arbiter.chunk + 4096, 5);
+  Result<Request*> put = Status(StatusCode::again);
+  ASSERT_TRUE(pollUntil([&] {
+    put = pair.client->postPut(block.data(), block.size(), nullptr, **remote, 4096);
+    return put.hasValue() || put.status().code() != StatusCode::again;
+  }));
+  ASSERT_TRUE(put.hasValue()) << put.status().toString();
+  Status done = waitRequest(*put);
+  ASSERT_TRUE(done.isOk()) << done.toString();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), target.begin() + 4096));
+  EXPECT_EQ(target[4095], 0);
+
+  auto overrun = pair.client->postPut(block.data(), block.size(), nullptr, **remote,
+                                      target.size() - 10);
+  ASSERT_FALSE(overrun.hasValue());
+  EXPECT_EQ(overrun.status().code(), StatusCode::invalid_argument);
+  EXPECT_THAT(overrun.status().message(), HasSubstr("overruns the 2097152-byte remote region"));
+}
+
+TEST_F(TransportTest, ThirtyThirdReceiveWaitsForAFreeRequest) {
+  EndpointPair pair = connectPair(*engine_, *engine_, classIndex("collective"));
+  ASSERT_TRUE(pair.client && pair.server);
+  std::vector<char> buffer(64);
+  RecvSlot slot{buffer.data(), buffer.size(), 1};
+  for (std::size_t i = 0; i < kMaxRequestsPerEndpoint; ++i) {
+    ASSERT_TRUE(pair.server->postRecv({&slot, 1}).hasValue()) << i;
+  }
+  auto extra = pair.server->postRecv({&slot, 1});
+  ASSERT_FALSE(extra.hasValue());
+  EXPECT_EQ(extra.status().code(), StatusCode::again);
+}
+
+TEST_F(TransportTest, HandlesFromElsewhereAreRefused) {
+  ConnectHandle handle{};
+  auto listener = engine_->listen(0, classIndex("collective"), &handle);
+  ASSERT_TRUE(listener.hasValue());
+
+  ConnectHandle foreign = handle;
+  foreign.magic = 0;
+  auto refused = engine_->connect(0, foreign, kAnyClass);
+  ASSERT_FALSE(refused.hasValue());
+  EXPECT_THAT(refused.status().message(), HasSubstr("not a DualPath handle"));
+
+  // The peer runs another class table: refused before any packet is sent.
+  qos::Policy other = policy_;
+  other.classes[1].name = "kv-renamed";
+  auto other_engine = loopbackEngine(other);
+  ASSERT_NE(other_engine, nullptr);
+  auto mismatch = other_engine->connect(0, handle, kAnyClass);
+  ASSERT_FALSE(mismatch.hasValue());
+  EXPECT_THAT(mismatch.status().message(), HasSubstr("both ends must load the same policy"));
+
+  auto wrong_class = engine_->connect(0, handle, classIndex("kv"));
+  ASSERT_FALSE(wrong_class.hasValue());
+  EXPECT_THAT(wrong_class.status().message(),
+              HasSubstr("the listener serves class 'collective' but class 'kv' was requested"));
+}
+
+TEST_F(TransportTest, ConnectingToNobodyFailsWithThePeerAddress) {
+  ConnectHandle handle{};
+  {
+    auto listener = engine_->listen(0, classIndex("collective"), &handle);
+    ASSERT_TRUE(listener.hasValue());
+  }  // closed: nobody listens on that port any more
+  auto connector = engine_->connect(0, handle, kAnyClass);
+  ASSERT_TRUE(connector.hasValue()) << connector.status().toString();
+  dualpath::testing::LogCapture capture;
+  Status outcome = Status::ok();
+  ASSERT_TRUE(pollUntil([&] {
+    auto polled = (*connector)->poll();
+    if (polled.hasValue()) return true;
+    outcome = polled.status();
+    return outcome.code() != StatusCode::again;
+  }));
+  EXPECT_EQ(outcome.code(), StatusCode::remote) << outcome.toString();
+  EXPECT_THAT(outcome.message(), HasSubstr("127.0.0.1:"));
+}
+
+TEST(DeviceSelectionTest, PatternsThatMatchNothingAreErrors) {
+  DeviceInfo lo;
+  lo.name = "lo";
+  lo.ip = "127.0.0.1";
+  lo.loopback = true;
+  DeviceInfo eth;
+  eth.name = "eth0";
+  eth.ip = "10.0.0.2";
+  DeviceInfo docker;
+  docker.name = "docker0";
+  docker.ip = "172.17.0.1";
+  docker.is_virtual = true;
+
+  auto typo = selectDevices({lo, eth}, DeviceFilter{{"eht*"}, {}});
+  ASSERT_FALSE(typo.hasValue());
+  EXPECT_EQ(typo.status().message(),
+            "DUALPATH_NET_DEVICES: 'eht*' matches no UCX network device; devices: lo, eth0");
+
+  auto automatic = selectDevices({lo, docker, eth}, DeviceFilter{});
+  ASSERT_TRUE(automatic.hasValue());
+  ASSERT_EQ(automatic->size(), 1u);
+  EXPECT_EQ((*automatic)[0].name, "eth0") << "physical NIC first; never docker0 or lo silently";
+
+  auto only_lo = selectDevices({lo, docker}, DeviceFilter{});
+  ASSERT_TRUE(only_lo.hasValue());
+  EXPECT_EQ((*only_lo)[0].name, "lo");
+
+  auto excluded = selectDevices({lo, eth}, DeviceFilter{{"*"}, {"eth*", "lo"}});
+  ASSERT_FALSE(excluded.hasValue());
+  EXPECT_THAT(excluded.status().message(), HasSubstr("no usable network device"));
 }
 
 }  // namespace

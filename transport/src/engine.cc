@@ -176,13 +176,13 @@ class EndpointImpl final : public Endpoint {
                                                      std::uint64_t remote_base,
                                                      std::size_t length) override {
     MutexLock lock(worker_->mu);
-    if (connection_->ep == nullptr || !connection_->failure.isOk()) {
+    if (connection_->dataEp() == nullptr || !connection_->failure.isOk()) {
       return connection_->failure.isOk()
                  ? Status(StatusCode::remote, fmt::format("connection to {} is closed", peer_))
                  : connection_->failure;
     }
     ucp_rkey_h rkey = nullptr;
-    if (ucs_status_t s = ucp_ep_rkey_unpack(connection_->ep, packed_key.data(), &rkey);
+    if (ucs_status_t s = ucp_ep_rkey_unpack(connection_->dataEp(), packed_key.data(), &rkey);
         s != UCS_OK) {
       return fromUcs(s, fmt::format("unpacking the remote key of peer {}", peer_));
     }
@@ -198,28 +198,7 @@ class EndpointImpl final : public Endpoint {
 
  private:
   Result<Request*> acquire(RequestKind kind) DP_REQUIRES(worker_->mu) {
-    if (!connection_->failure.isOk()) return connection_->failure;
-    Request* chosen = nullptr;
-    std::size_t in_use_of_kind = 0;
-    for (Request& r : connection_->requests) {
-      if (r.in_use) {
-        in_use_of_kind += (r.kind == RequestKind::recv) == (kind == RequestKind::recv);
-      } else if (chosen == nullptr) {
-        chosen = &r;
-      }
-    }
-    const std::size_t limit = kind == RequestKind::recv
-                                  ? kMaxRequestsPerEndpoint
-                                  : kMaxRequestsPerEndpoint * kMaxRecvsPerRequest;
-    if (chosen == nullptr || in_use_of_kind >= limit) return Status(StatusCode::again);
-    Request& r = *chosen;
-    const Connection* connection = r.connection;
-    r = Request{};
-    r.connection = const_cast<Connection*>(connection);
-    r.kind = kind;
-    r.in_use = true;
-    r.last_progress_ns = qos::monotonicNowNs();
-    return &r;
+    return worker_->acquireRequest(*connection_, kind);
   }
 
   // Posts what the arbiter grants now. If not even the first chunk may go,
@@ -294,13 +273,15 @@ class ConnectorImpl final : public Connector {
     }
     MutexLock lock(worker_->mu);
     worker_->progress();
-    if (!state_->failure.isOk()) {
+    // Welcomed means connected, even if the peer has gone since: the
+    // endpoint's first operation then reports that.
+    if (!state_->welcomed) {
+      if (state_->failure.isOk()) return Status(StatusCode::again);
       Status failure = state_->failure;
       worker_->abandonConnect(state_);
       state_ = nullptr;
       return failure;
     }
-    if (!state_->welcomed) return Status(StatusCode::again);
     Connection* connection = state_->connection;
     state_->connection = nullptr;
     worker_->abandonConnect(state_);

@@ -90,19 +90,23 @@ void connRequestTrampoline(ucp_conn_request_h request, void* arg) {
   listener->worker->onConnRequest(listener, request);
 }
 
-ucs_status_t helloTrampoline(void* arg, const void* header, size_t header_length, void*, size_t,
-                             const ucp_am_recv_param_t* param) {
+// Handshake payloads are small and sent eagerly, so `data` is valid during
+// the callback (UCP_AM_RECV_ATTR_FLAG_RNDV is never set for them).
+ucs_status_t helloTrampoline(void* arg, const void* header, size_t header_length, void* data,
+                             size_t length, const ucp_am_recv_param_t* param) {
   Worker* worker = workerOf(arg);
   worker->mu.assertHeld();
   ucp_ep_h reply = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : nullptr;
-  return worker->onHello(header, header_length, reply);
+  return worker->onHello(header, header_length,
+                         std::span(static_cast<const std::byte*>(data), length), reply);
 }
 
-ucs_status_t welcomeTrampoline(void* arg, const void* header, size_t header_length, void*, size_t,
-                               const ucp_am_recv_param_t*) {
+ucs_status_t welcomeTrampoline(void* arg, const void* header, size_t header_length, void* data,
+                               size_t length, const ucp_am_recv_param_t*) {
   Worker* worker = workerOf(arg);
   worker->mu.assertHeld();
-  return worker->onWelcome(header, header_length);
+  return worker->onWelcome(header, header_length,
+                           std::span(static_cast<const std::byte*>(data), length));
 }
 
 struct UcpConfigDeleter {
@@ -160,7 +164,9 @@ Result<std::uint32_t> TagSequences::next(std::uint32_t tag) noexcept {
 }
 
 bool Request::finished() const {
-  if (!failure.isOk()) return inflight == 0;
+  // A failed request is reported at once; if UCX still holds parts of it,
+  // finishRequest() keeps it out of the pool until the worker ends.
+  if (!failure.isOk()) return true;
   switch (kind) {
     case RequestKind::send:
       return chunks_posted == chunks_total && inflight == 0;
@@ -244,6 +250,15 @@ Status Worker::init(const qos::Policy& policy) {
     return fromUcs(s, what + ": ucp_worker_create");
   }
 
+  ucp_address_t* address = nullptr;
+  std::size_t address_length = 0;
+  if (ucs_status_t s = ucp_worker_get_address(worker_, &address, &address_length); s != UCS_OK) {
+    return fromUcs(s, what + ": ucp_worker_get_address");
+  }
+  address_.assign(reinterpret_cast<const std::byte*>(address),
+                  reinterpret_cast<const std::byte*>(address) + address_length);
+  ucp_worker_release_address(worker_, address);
+
   for (auto [id, callback] : {std::pair{kAmHello, &helloTrampoline},
                               std::pair{kAmWelcome, &welcomeTrampoline}}) {
     ucp_am_handler_param_t handler{};
@@ -265,40 +280,42 @@ Worker::~Worker() {
   for (auto& listener : listeners_) {
     if (listener->listener != nullptr) ucp_listener_destroy(listener->listener);
   }
-  // Close every endpoint, then give UCX a bounded time to finish requests
-  // that point into our pools; after that, force.
+  // Close every endpoint, then give UCX a short, bounded time to finish what
+  // points into our pools. A flushing close needs the peer to progress its
+  // worker, which a peer that has finished may never do again.
   for (auto& [id, connection] : connections_) {
     connection->retired = true;
-    closeEp(*connection, /*force=*/false);
+    closeEp(*connection, /*force=*/true);
   }
   const qos::TimeNs deadline =
-      qos::monotonicNowNs() + static_cast<qos::TimeNs>(config_.timeout_ms) * 1'000'000;
-  bool forced = false;
-  while (!connections_.empty()) {
+      qos::monotonicNowNs() +
+      static_cast<qos::TimeNs>(std::min<std::uint32_t>(config_.timeout_ms, 1'000)) * 1'000'000;
+  while (!connections_.empty() && qos::monotonicNowNs() < deadline) {
     ucp_worker_progress(worker_);
     reapRetired(qos::monotonicNowNs());
-    if (!forced && qos::monotonicNowNs() > deadline) {
-      DP_LOG_WARN("transport: {} connection(s) on {} did not close within {} ms; forcing",
-                  connections_.size(), device_.name, config_.timeout_ms);
-      for (auto& [id, connection] : connections_) {
-        for (Request& r : connection->requests) {
-          for (std::uint8_t i = 0; i < r.slot_count; ++i) {
-            if (r.slots[i].ucx != nullptr) ucp_request_cancel(worker_, r.slots[i].ucx);
-          }
-        }
-        closeEp(*connection, /*force=*/true);
-      }
-      forced = true;
+  }
+  if (!connections_.empty()) {
+    DP_LOG_INFO("transport: {} connection(s) on {} still closing; destroying the worker "
+                "releases them",
+                connections_.size(), device_.name);
+  }
+  // Hand UCX back every request it still holds (no callback runs for a
+  // released request; UCX asserts on destroying an endpoint with one it
+  // still owns), then destroy the worker; only then can our memory go.
+  for (auto& [id, connection] : connections_) {
+    for (ChunkContext& chunk : connection->chunk_pool) {
+      if (chunk.ucx != nullptr) ucp_request_free(chunk.ucx);
+      chunk.ucx = nullptr;
     }
-    if (forced && qos::monotonicNowNs() > deadline + 1'000'000'000) {
-      DP_LOG_ERROR("transport: leaking {} connection(s) on {}: UCX never completed them",
-                   connections_.size(), device_.name);
-      for (auto& [id, connection] : connections_) connection.release();  // NOLINT
-      connections_.clear();
-      break;
+    for (CloseSlot& slot : connection->close_slots) {
+      if (slot.request != nullptr) ucp_request_free(slot.request);
+      slot.request = nullptr;
     }
+    if (connection->handshake_request != nullptr) ucp_request_free(connection->handshake_request);
+    connection->handshake_request = nullptr;
   }
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  connections_.clear();
   if (context_ != nullptr) ucp_cleanup(context_);
 }
 
@@ -313,15 +330,19 @@ void Worker::progress() {
   for (int i = 0; i < 16 && ucp_worker_progress(worker_) != 0; ++i) {
   }
   const qos::TimeNs now = qos::monotonicNowNs();
-  for (auto& [id, connection] : connections_) {
-    Connection& c = *connection;
-    if (!c.pending_posts.empty()) pumpPosts(c, now);
-    for (Request& r : c.requests) {
-      if (!r.in_use || r.kind != RequestKind::recv) continue;
-      for (std::uint8_t s = 0; s < r.slot_count; ++s) {
-        if (r.slots[s].repost) postRecvSlot(r, s);
+  // Receives whose middle chunk arrived: post the rest of the buffer. The
+  // list is swapped out first because posting may complete more chunks.
+  if (!reposts_.empty()) {
+    reposting_.swap(reposts_);
+    for (auto [request, slot] : reposting_) {
+      if (request->slots[slot].repost && request->connection->failure.isOk()) {
+        postRecvSlot(*request, slot);
       }
     }
+    reposting_.clear();
+  }
+  for (auto& [id, connection] : connections_) {
+    if (!connection->pending_posts.empty()) pumpPosts(*connection, now);
   }
   if (now - last_timeout_scan_ns_ > kTimeoutScanPeriodNs) {
     last_timeout_scan_ns_ = now;
@@ -334,7 +355,7 @@ void Worker::checkTimeouts(qos::TimeNs now) {
   const qos::TimeNs limit = static_cast<qos::TimeNs>(config_.timeout_ms) * 1'000'000;
   for (auto& [id, connection] : connections_) {
     Connection& c = *connection;
-    if (!c.failure.isOk() || c.retired) continue;
+    if (!c.failure.isOk() || c.retired || c.ucx_outstanding == 0) continue;
     for (Request& r : c.requests) {
       if (!r.in_use || r.kind == RequestKind::recv || r.inflight == 0) continue;
       if (now - r.last_progress_ns > limit) {
@@ -366,26 +387,23 @@ void Worker::checkTimeouts(qos::TimeNs now) {
   }
 }
 
-void Worker::reapRetired(qos::TimeNs now) {
+void Worker::reapRetired(qos::TimeNs) {
+  // A retired connection goes once UCX holds nothing of it. One whose peer
+  // died with operations in flight may stay until the worker is destroyed.
   std::erase_if(connections_, [&](auto& entry) {
     Connection& c = *entry.second;
     if (!c.retired) return false;
     if (!c.close_posted) closeEp(c, /*force=*/!c.failure.isOk());
-    if (c.close_posted && !c.closed &&
-        now - c.retired_ns > static_cast<qos::TimeNs>(config_.timeout_ms) * 1'000'000) {
-      // A flushing close that cannot finish (peer gone silent): the forced
-      // close below completes at once.
-      c.closed = true;
-    }
     return c.closed && c.ucx_outstanding == 0;
   });
 }
 
 // ---------------------------------------------------------------- endpoints
 
-Result<ucp_ep_h> Worker::createEp(ucp_ep_params_t& params, const std::string& peer) {
+Result<ucp_ep_h> Worker::createEp(ucp_ep_params_t& params, const std::string& peer,
+                                  bool detect_peer_failure) {
   params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  params.err_mode = detect_peer_failure ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
   params.err_handler.cb = &epErrorTrampoline;
   params.err_handler.arg = this;
   ucp_ep_h ep = nullptr;
@@ -410,8 +428,16 @@ Result<Connection*> Worker::newConnection(ucp_ep_h ep, std::string peer) {
   connection->peer = std::move(peer);
   connection->rdma_expected = device_.kind == DeviceKind::rdma;
   connection->requests.resize(kRequestPoolSize);
-  for (Request& r : connection->requests) r.connection = connection.get();
+  connection->free_requests.reserve(kRequestPoolSize);
+  for (Request& r : connection->requests) {
+    r.connection = connection.get();
+    connection->free_requests.push_back(&r);
+  }
   connection->pending_posts.reserve(kRequestPoolSize);
+  if (reposts_.capacity() < kRequestPoolSize) {
+    reposts_.reserve(kRequestPoolSize);
+    reposting_.reserve(kRequestPoolSize);
+  }
   connection->chunk_pool.resize(kChunkPoolSize);
   connection->free_chunks.reserve(kChunkPoolSize);
   for (ChunkContext& chunk : connection->chunk_pool) connection->free_chunks.push_back(&chunk);
@@ -419,6 +445,35 @@ Result<Connection*> Worker::newConnection(ucp_ep_h ep, std::string peer) {
   connections_.emplace(raw->local_id, std::move(connection));
   if (ep != nullptr) by_ep_[ep] = raw;
   return raw;
+}
+
+Status Worker::openDataEp(Connection& connection, std::span<const std::byte> peer_address) {
+  if (peer_address.empty()) {
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("peer {} sent no worker address", connection.peer));
+  }
+  ucp_ep_params_t params{};
+  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+  params.address = reinterpret_cast<const ucp_address_t*>(peer_address.data());
+  // Without peer-failure handling: UCX 1.13's shared-memory transports do
+  // not support it and would be excluded. The client-server endpoint, which
+  // has it, stays open to report a dead peer for both.
+  DP_TRY_ASSIGN(ucp_ep_h data_ep, createEp(params, connection.peer, false));
+  // Keep it only if UCX gave it shared memory; otherwise its lanes are the
+  // client-server endpoint's, and UCX 1.13 holds a closed address-based tcp
+  // endpoint's sockets until the worker ends (measured: 1.8 fds per
+  // connection over 1,000 connect/close cycles).
+  std::vector<std::string> data_lanes = lanesOf(data_ep);
+  const bool shared_memory = std::any_of(data_lanes.begin(), data_lanes.end(), isSharedMemoryLane);
+  if (!shared_memory) {
+    ucp_request_param_t param{};
+    void* request = ucp_ep_close_nbx(data_ep, &param);
+    if (request != nullptr && !UCS_PTR_IS_ERR(request)) ucp_request_free(request);
+    return Status::ok();
+  }
+  connection.data_ep = data_ep;
+  by_ep_[connection.data_ep] = &connection;
+  return Status::ok();
 }
 
 Connection* Worker::findByEp(ucp_ep_h ep) {
@@ -429,24 +484,29 @@ Connection* Worker::findByEp(ucp_ep_h ep) {
 void Worker::closeEp(Connection& connection, bool force) {
   if (connection.close_posted) return;
   connection.close_posted = true;
-  if (connection.ep == nullptr) {
-    connection.closed = true;
-    return;
+  for (std::size_t i = 0; i < 2; ++i) {
+    ucp_ep_h& ep = i == 0 ? connection.data_ep : connection.ep;
+    if (ep == nullptr) continue;
+    by_ep_.erase(ep);
+    CloseSlot& slot = connection.close_slots[i];
+    slot = CloseSlot{&connection, nullptr, false};
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                         UCP_OP_ATTR_FIELD_FLAGS;
+    // UCX allows a forced close of an endpoint without peer-failure
+    // handling (the data endpoint) only when the peer cannot be harmed by
+    // it: once the connection has failed. A healthy one flushes.
+    const bool may_force = &ep == &connection.ep || !connection.failure.isOk();
+    param.flags = force && may_force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    param.cb.send = &closeCompleted;
+    param.user_data = &slot;
+    void* request = ucp_ep_close_nbx(ep, &param);
+    ep = nullptr;
+    // A forced close may complete, callback included, before returning.
+    if (request != nullptr && !UCS_PTR_IS_ERR(request) && !slot.done) slot.request = request;
   }
-  by_ep_.erase(connection.ep);
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                       UCP_OP_ATTR_FIELD_FLAGS;
-  param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-  param.cb.send = &closeCompleted;
-  param.user_data = &connection;
-  void* request = ucp_ep_close_nbx(connection.ep, &param);
-  connection.ep = nullptr;
-  if (request == nullptr || UCS_PTR_IS_ERR(request)) {
-    connection.closed = true;
-  } else {
-    ++connection.ucx_outstanding;
-  }
+  connection.closed = std::none_of(connection.close_slots.begin(), connection.close_slots.end(),
+                                   [](const CloseSlot& s) { return s.request != nullptr; });
 }
 
 void Worker::retire(Connection* connection) {
@@ -459,9 +519,7 @@ void Worker::retire(Connection* connection) {
     for (std::uint8_t i = 0; i < r.slot_count; ++i) {
       if (r.slots[i].ucx != nullptr) ucp_request_cancel(worker_, r.slots[i].ucx);
     }
-    if (r.kind != RequestKind::recv && r.inflight == 0) {
-      r.in_use = false;
-    }
+    if (r.kind != RequestKind::recv && r.inflight == 0) finishRequest(r);
   }
   if (connection->failure.isOk()) {
     arbiter_->withdraw(class_index_);
@@ -527,7 +585,7 @@ void Worker::giveChunk(Connection& connection, ChunkContext* chunk) {
 }
 
 void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
-  if (!connection.failure.isOk() || connection.ep == nullptr) return;
+  if (!connection.failure.isOk() || connection.dataEp() == nullptr) return;
   const std::size_t max_chunk = arbiter_->maxPostBytes(class_index_);
   std::size_t kept = 0;
   for (Request* r : connection.pending_posts) {
@@ -557,9 +615,9 @@ void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
       param.user_data = chunk;
       void* op = nullptr;
       if (r->kind == RequestKind::send) {
-        op = ucp_tag_send_nbx(connection.ep, r->data + offset, bytes, r->tag_bits, &param);
+        op = ucp_tag_send_nbx(connection.dataEp(), r->data + offset, bytes, r->tag_bits, &param);
       } else {
-        op = ucp_put_nbx(connection.ep, r->data + offset, bytes, r->remote_addr + offset, r->rkey,
+        op = ucp_put_nbx(connection.dataEp(), r->data + offset, bytes, r->remote_addr + offset, r->rkey,
                          &param);
       }
       ++r->chunks_posted;
@@ -572,9 +630,15 @@ void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
         giveChunk(connection, chunk);
         r->failure = fromUcs(UCS_PTR_STATUS(op), fmt::format("posting to peer {}", connection.peer));
       } else {
+        chunk->ucx = op;
         ++r->inflight;
         ++connection.ucx_outstanding;
       }
+    }
+    // A put is remote-complete only after a flush, posted once every chunk
+    // completed locally; until then it stays queued.
+    if (!blocked && r->failure.isOk() && r->kind == RequestKind::put && !r->flush_posted) {
+      blocked = r->inflight != 0 || !postFlush(connection, *r);
     }
     if (blocked && r->failure.isOk()) {
       connection.pending_posts[kept++] = r;
@@ -583,30 +647,30 @@ void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
     }
   }
   connection.pending_posts.resize(kept);
-  // Puts whose chunks all completed locally need a flush for remote completion.
-  for (Request& r : connection.requests) {
-    if (!r.in_use || r.kind != RequestKind::put || r.flush_posted || !r.failure.isOk()) continue;
-    if (r.chunks_posted != r.chunks_total || r.inflight != 0) continue;
-    ChunkContext* chunk = takeChunk(connection);
-    if (chunk == nullptr) break;
-    chunk->request = &r;
-    ucp_request_param_t param{};
-    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    param.cb.send = &flushCompleted;
-    param.user_data = chunk;
-    r.flush_posted = true;
-    void* op = ucp_ep_flush_nbx(connection.ep, &param);
-    if (op == nullptr) {
-      r.flushed = true;
-      giveChunk(connection, chunk);
-    } else if (UCS_PTR_IS_ERR(op)) {
-      r.failure = fromUcs(UCS_PTR_STATUS(op), fmt::format("flushing puts to {}", connection.peer));
-      giveChunk(connection, chunk);
-    } else {
-      ++r.inflight;
-      ++connection.ucx_outstanding;
-    }
+}
+
+bool Worker::postFlush(Connection& connection, Request& r) {
+  ChunkContext* chunk = takeChunk(connection);
+  if (chunk == nullptr) return false;
+  chunk->request = &r;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &flushCompleted;
+  param.user_data = chunk;
+  r.flush_posted = true;
+  void* op = ucp_ep_flush_nbx(connection.dataEp(), &param);
+  if (op == nullptr) {
+    r.flushed = true;
+    giveChunk(connection, chunk);
+  } else if (UCS_PTR_IS_ERR(op)) {
+    r.failure = fromUcs(UCS_PTR_STATUS(op), fmt::format("flushing puts to {}", connection.peer));
+    giveChunk(connection, chunk);
+  } else {
+    chunk->ucx = op;
+    ++r.inflight;
+    ++connection.ucx_outstanding;
   }
+  return true;
 }
 
 void Worker::postRecvSlot(Request& request, std::uint8_t slot) {
@@ -638,13 +702,36 @@ void Worker::postRecvSlot(Request& request, std::uint8_t slot) {
     return;
   }
   state.ucx = op;
+  chunk->ucx = op;
   ++request.inflight;
   ++connection.ucx_outstanding;
 }
 
+Result<Request*> Worker::acquireRequest(Connection& connection, RequestKind kind) {
+  if (!connection.failure.isOk()) return connection.failure;
+  const bool recv = kind == RequestKind::recv;
+  std::size_t& in_use = recv ? connection.recvs_in_use : connection.sends_in_use;
+  const std::size_t limit = recv ? kMaxRequestsPerEndpoint
+                                 : kMaxRequestsPerEndpoint * kMaxRecvsPerRequest;
+  if (in_use >= limit || connection.free_requests.empty()) return Status(StatusCode::again);
+  Request* r = connection.free_requests.back();
+  connection.free_requests.pop_back();
+  ++in_use;
+  *r = Request{};
+  r->connection = &connection;
+  r->kind = kind;
+  r->in_use = true;
+  r->last_progress_ns = qos::monotonicNowNs();
+  return r;
+}
+
 void Worker::finishRequest(Request& request) {
+  if (!request.in_use) return;
   request.in_use = false;
   request.failure = Status::ok();
+  Connection& connection = *request.connection;
+  --(request.kind == RequestKind::recv ? connection.recvs_in_use : connection.sends_in_use);
+  if (request.inflight == 0) connection.free_requests.push_back(&request);
 }
 
 // ---------------------------------------------------------------- callbacks
@@ -689,7 +776,8 @@ void recvCompleted(void* ucx_request, ucs_status_t status, const ucp_tag_recv_in
   auto* chunk = static_cast<ChunkContext*>(user_data);
   Request& r = *chunk->request;
   Connection& c = *r.connection;
-  RecvState& slot = r.slots[chunk->slot];
+  const std::uint8_t chunk_slot = chunk->slot;
+  RecvState& slot = r.slots[chunk_slot];
   slot.ucx = nullptr;
   --r.inflight;
   --c.ucx_outstanding;
@@ -717,36 +805,50 @@ void recvCompleted(void* ucx_request, ucs_status_t status, const ucp_tag_recv_in
     slot.done = true;
   } else {
     slot.repost = true;  // posted from progress(), outside UCX's callback
+    c.worker->queueRepost(r, chunk_slot);
   }
 }
 
 void handshakeSent(void* ucx_request, ucs_status_t, void* user_data) {
   auto* connection = static_cast<Connection*>(user_data);
-  --connection->ucx_outstanding;
+  connection->handshake_done = true;
+  if (connection->handshake_request != nullptr) --connection->ucx_outstanding;
+  connection->handshake_request = nullptr;
   ucp_request_free(ucx_request);
 }
 
 void closeCompleted(void* ucx_request, ucs_status_t, void* user_data) {
-  auto* connection = static_cast<Connection*>(user_data);
-  connection->closed = true;
-  --connection->ucx_outstanding;
+  auto* slot = static_cast<CloseSlot*>(user_data);
+  slot->done = true;
+  slot->request = nullptr;
+  Connection& connection = *slot->connection;
+  connection.closed = std::none_of(connection.close_slots.begin(), connection.close_slots.end(),
+                                   [](const CloseSlot& s) { return s.request != nullptr; });
   ucp_request_free(ucx_request);
 }
 
 Status sendHandshake(Worker& worker, Connection& connection, unsigned id, const void* header,
                      std::size_t length, bool reply) {
+  // The payload is our worker address: the peer opens a second endpoint to
+  // it, on which UCX picks the best lanes for the pair (shared memory on one
+  // host). The client-server endpoint itself only gets network lanes.
+  const std::vector<std::byte>& address = worker.address();
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                        UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER | (reply ? UCP_AM_SEND_FLAG_REPLY : 0);
   param.cb.send = &handshakeSent;
   param.user_data = &connection;
-  (void)worker;
-  void* op = ucp_am_send_nbx(connection.ep, id, header, length, nullptr, 0, &param);
+  connection.handshake_done = false;
+  void* op = ucp_am_send_nbx(connection.ep, id, header, length, address.data(), address.size(),
+                             &param);
   if (UCS_PTR_IS_ERR(op)) {
     return fromUcs(UCS_PTR_STATUS(op), fmt::format("handshake with {}", connection.peer));
   }
-  if (op != nullptr) ++connection.ucx_outstanding;
+  if (op != nullptr && !connection.handshake_done) {
+    connection.handshake_request = op;
+    ++connection.ucx_outstanding;
+  }
   return Status::ok();
 }
 
@@ -821,7 +923,7 @@ void Worker::onConnRequest(ListenerState* listener, ucp_conn_request_h request) 
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST;
   params.conn_request = request;
-  Result<ucp_ep_h> ep = createEp(params, peer);
+  Result<ucp_ep_h> ep = createEp(params, peer, true);
   if (!ep) {
     DP_LOG_WARN("transport: accepting {} on {}: {}", peer, device_.name, ep.status().message());
     ucp_listener_reject(listener->listener, request);
@@ -840,7 +942,8 @@ void Worker::onConnRequest(ListenerState* listener, ucp_conn_request_h request) 
   accepting_.push_back({listener, *connection, qos::monotonicNowNs()});
 }
 
-ucs_status_t Worker::onHello(const void* header, std::size_t length, ucp_ep_h reply_ep) {
+ucs_status_t Worker::onHello(const void* header, std::size_t length,
+                             std::span<const std::byte> peer_address, ucp_ep_h reply_ep) {
   auto it = std::find_if(accepting_.begin(), accepting_.end(), [&](const Accepting& a) {
     return a.connection->ep == reply_ep;
   });
@@ -883,6 +986,7 @@ ucs_status_t Worker::onHello(const void* header, std::size_t length, ucp_ep_h re
   } else {
     c.remote_id = hello.client_endpoint_id;
     c.peer_chunk_bytes = hello.chunk_bytes;
+    if (Status opened = openDataEp(c, peer_address); !opened.isOk()) refusal = opened.message();
   }
   welcome.chunk_bytes = arbiter_->maxPostBytes(class_index_);
   std::memcpy(c.welcome.data(), &welcome, sizeof(welcome));
@@ -925,7 +1029,7 @@ Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uin
   params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
   params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&address);
   params.sockaddr.addrlen = length;
-  DP_TRY_ASSIGN(ucp_ep_h ep, createEp(params, peer));
+  DP_TRY_ASSIGN(ucp_ep_h ep, createEp(params, peer, true));
   Result<Connection*> connection = newConnection(ep, peer);
   if (!connection) {
     ucp_request_param_t param{};
@@ -962,7 +1066,8 @@ void Worker::abandonConnect(ConnectState* state) {
   std::erase_if(connects_, [&](const auto& p) { return p.get() == state; });
 }
 
-ucs_status_t Worker::onWelcome(const void* header, std::size_t length) {
+ucs_status_t Worker::onWelcome(const void* header, std::size_t length,
+                               std::span<const std::byte> peer_address) {
   if (length != sizeof(WelcomeWire)) {
     DP_LOG_WARN("transport: welcome of {} bytes on {}; ignored", length, device_.name);
     return UCS_OK;
@@ -987,6 +1092,10 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length) {
   }
   c.remote_id = welcome.server_endpoint_id;
   c.peer_chunk_bytes = welcome.chunk_bytes;
+  if (Status opened = openDataEp(c, peer_address); !opened.isOk()) {
+    state.failure = std::move(opened);
+    return UCS_OK;
+  }
   checkLanes(c);
   if (!c.failure.isOk()) {
     state.failure = c.failure;
@@ -1000,13 +1109,17 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length) {
 // ---------------------------------------------------------------- lanes
 
 std::vector<std::string> Worker::lanes(const Connection& connection) {
+  return lanesOf(connection.dataEp());
+}
+
+std::vector<std::string> lanesOf(ucp_ep_h ep) {
   std::vector<std::string> result;
-  if (connection.ep == nullptr) return result;
+  if (ep == nullptr) return result;
   char* text = nullptr;
   std::size_t size = 0;
   FILE* stream = open_memstream(&text, &size);
   if (stream == nullptr) return result;
-  ucp_ep_print_info(connection.ep, stream);
+  ucp_ep_print_info(ep, stream);
   std::fclose(stream);
   std::string_view info(text, size);
   // Lines look like "#   lane[0]:  2:tcp/lo.0 md[0] ..." : take "tcp/lo".
@@ -1030,15 +1143,21 @@ std::vector<std::string> Worker::lanes(const Connection& connection) {
   return result;
 }
 
+bool isSharedMemoryLane(const std::string& lane) {
+  for (std::string_view shm : {"posix/", "sysv/", "cma/", "xpmem/", "knem/"}) {
+    if (lane.rfind(shm, 0) == 0) return true;
+  }
+  return false;
+}
+
 void Worker::checkLanes(Connection& connection) {
   if (!connection.rdma_expected) return;
   std::vector<std::string> used = lanes(connection);
-  const bool any_rdma = std::any_of(used.begin(), used.end(), [](const std::string& lane) {
-    return lane.rfind("tcp", 0) != 0 && lane.find("/") != std::string::npos &&
-           lane.rfind("posix", 0) != 0 && lane.rfind("sysv", 0) != 0 && lane.rfind("cma", 0) != 0 &&
-           lane.rfind("self", 0) != 0;
+  // On one host shared memory beats RDMA; only TCP is a fallback.
+  const bool tcp_only = std::all_of(used.begin(), used.end(), [](const std::string& lane) {
+    return lane.rfind("tcp/", 0) == 0;
   });
-  if (any_rdma) return;
+  if (!tcp_only || used.empty()) return;
   bumpCounter(&TransportCounters::rdma_fallbacks);
   std::string message = fmt::format(
       "connection to {} on RDMA device {} uses no RDMA lane (lanes: {}); traffic goes over TCP",

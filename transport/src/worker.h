@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -32,6 +33,11 @@ namespace dualpath::transport {
 
 class Worker;
 struct Connection;
+
+// The UCX lanes of an endpoint, as "transport/device" ("tcp/lo",
+// "posix/memory"), from ucp_ep_print_info.
+std::vector<std::string> lanesOf(ucp_ep_h ep);
+bool isSharedMemoryLane(const std::string& lane);
 
 // UCX status as ours: peer failures are `remote`, timeouts `timeout`,
 // resource exhaustion `again`, the rest `io`.
@@ -128,11 +134,25 @@ struct ChunkContext {
   Request* request = nullptr;
   std::size_t bytes = 0;
   std::uint8_t slot = 0;
+  void* ucx = nullptr;  // the UCX request while it is outstanding
+};
+
+// One pending endpoint close: the callback may run before ucp_ep_close_nbx
+// returns, so it records completion here rather than in a counter.
+struct CloseSlot {
+  Connection* connection = nullptr;
+  void* request = nullptr;  // outstanding UCX request, or null
+  bool done = false;
 };
 
 struct Connection {
   Worker* worker = nullptr;
-  ucp_ep_h ep = nullptr;
+  ucp_ep_h ep = nullptr;       // client-server endpoint: handshake and failure detection
+  ucp_ep_h data_ep = nullptr;  // to the peer's worker address: every data operation
+  ucp_ep_h dataEp() const { return data_ep != nullptr ? data_ep : ep; }
+  std::array<CloseSlot, 2> close_slots{};  // data_ep, ep
+  void* handshake_request = nullptr;       // the hello or welcome in flight
+  bool handshake_done = false;
   std::uint32_t local_id = 0;
   std::uint32_t remote_id = 0;
   std::string peer;
@@ -146,6 +166,9 @@ struct Connection {
   std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class
 
   std::vector<Request> requests;        // fixed pool; addresses are stable
+  std::vector<Request*> free_requests;
+  std::size_t recvs_in_use = 0;
+  std::size_t sends_in_use = 0;  // sends and puts
   std::vector<Request*> pending_posts;  // FIFO of sends/puts with chunks to post
   std::vector<ChunkContext> chunk_pool;
   std::vector<ChunkContext*> free_chunks;
@@ -199,7 +222,12 @@ class Worker {
   void postRecvSlot(Request& request, std::uint8_t slot) DP_REQUIRES(mu);
   ChunkContext* takeChunk(Connection& connection) DP_REQUIRES(mu);
   void giveChunk(Connection& connection, ChunkContext* chunk) DP_REQUIRES(mu);
+  Result<Request*> acquireRequest(Connection& connection, RequestKind kind) DP_REQUIRES(mu);
   void finishRequest(Request& request) DP_REQUIRES(mu);
+  bool postFlush(Connection& connection, Request& request) DP_REQUIRES(mu);
+  void queueRepost(Request& request, std::uint8_t slot) DP_REQUIRES(mu) {
+    reposts_.emplace_back(&request, slot);
+  }
   std::vector<std::string> lanes(const Connection& connection) DP_REQUIRES(mu);
 
   ucp_context_h context() const { return context_; }
@@ -213,9 +241,11 @@ class Worker {
   // UCX callbacks (static trampolines call these).
   void onConnRequest(ListenerState* listener, ucp_conn_request_h request) DP_REQUIRES(mu);
   void onEpError(ucp_ep_h ep, ucs_status_t status) DP_REQUIRES(mu);
-  ucs_status_t onHello(const void* header, std::size_t length, ucp_ep_h reply_ep)
-      DP_REQUIRES(mu);
-  ucs_status_t onWelcome(const void* header, std::size_t length) DP_REQUIRES(mu);
+  ucs_status_t onHello(const void* header, std::size_t length,
+                       std::span<const std::byte> peer_address, ucp_ep_h reply_ep) DP_REQUIRES(mu);
+  ucs_status_t onWelcome(const void* header, std::size_t length,
+                         std::span<const std::byte> peer_address) DP_REQUIRES(mu);
+  const std::vector<std::byte>& address() const { return address_; }
 
  private:
   Worker(DeviceInfo device, std::size_t device_index, std::uint8_t class_index,
@@ -223,12 +253,15 @@ class Worker {
          std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu);
   Status init(const qos::Policy& policy);
   Result<Connection*> newConnection(ucp_ep_h ep, std::string peer) DP_REQUIRES(mu);
-  Result<ucp_ep_h> createEp(ucp_ep_params_t& params, const std::string& peer) DP_REQUIRES(mu);
+  Result<ucp_ep_h> createEp(ucp_ep_params_t& params, const std::string& peer,
+                            bool detect_peer_failure) DP_REQUIRES(mu);
   void checkTimeouts(qos::TimeNs now) DP_REQUIRES(mu);
   void reapRetired(qos::TimeNs now) DP_REQUIRES(mu);
   void closeEp(Connection& connection, bool force) DP_REQUIRES(mu);
   void checkLanes(Connection& connection) DP_REQUIRES(mu);
   Connection* findByEp(ucp_ep_h ep) DP_REQUIRES(mu);
+  Status openDataEp(Connection& connection, std::span<const std::byte> peer_address)
+      DP_REQUIRES(mu);
   void bumpCounter(std::uint64_t TransportCounters::*counter);
 
   const DeviceInfo device_;
@@ -242,6 +275,7 @@ class Worker {
 
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
+  std::vector<std::byte> address_;  // ours, sent in the handshake
 
   std::uint32_t next_endpoint_id_ DP_GUARDED_BY(mu) = 1;
   std::unordered_map<std::uint32_t, std::unique_ptr<Connection>> connections_ DP_GUARDED_BY(mu);
@@ -256,6 +290,8 @@ class Worker {
   std::vector<std::unique_ptr<ListenerState>> listeners_ DP_GUARDED_BY(mu);
   std::vector<std::unique_ptr<ConnectState>> connects_ DP_GUARDED_BY(mu);
   qos::TimeNs last_timeout_scan_ns_ DP_GUARDED_BY(mu) = 0;
+  std::vector<std::pair<Request*, std::uint8_t>> reposts_ DP_GUARDED_BY(mu);
+  std::vector<std::pair<Request*, std::uint8_t>> reposting_ DP_GUARDED_BY(mu);
 };
 
 }  // namespace dualpath::transport
