@@ -1,5 +1,6 @@
 #include <map>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -35,6 +36,43 @@ TEST(ParamsTest, AnInvalidValueFailsWithNameAndForm) {
   ASSERT_FALSE(snapshot.hasValue());
   EXPECT_EQ(snapshot.status().message(),
             "DUALPATH_LOG_LEVEL='loud': expected trace, debug, info, warn, error or off");
+}
+
+TEST(ParamsTest, NetworkKnobsParse) {
+  Result<Snapshot> defaults = parse(fakeEnvironment({}));
+  ASSERT_TRUE(defaults.hasValue());
+  EXPECT_TRUE(defaults->net_devices.empty());
+  EXPECT_EQ(defaults->net_timeout_ms, 30'000u);
+  EXPECT_FALSE(defaults->net_require_rdma);
+
+  Result<Snapshot> snapshot = parse(fakeEnvironment({{"DUALPATH_NET_DEVICES", "mlx5_*,eth0"},
+                                                     {"DUALPATH_NET_TIMEOUT_MS", "2500"},
+                                                     {"DUALPATH_NET_REQUIRE_RDMA", "yes"}}));
+  ASSERT_TRUE(snapshot.hasValue()) << snapshot.status().toString();
+  EXPECT_EQ(snapshot->net_devices, (std::vector<std::string>{"mlx5_*", "eth0"}));
+  EXPECT_EQ(snapshot->net_timeout_ms, 2500u);
+  EXPECT_TRUE(snapshot->net_require_rdma);
+}
+
+TEST(ParamsTest, BadNetworkKnobsNameTheVariableAndForm) {
+  const std::map<std::string, std::string> cases[] = {
+      {{"DUALPATH_NET_DEVICES", "eth0,,lo"}},
+      {{"DUALPATH_NET_TIMEOUT_MS", "0"}},
+      {{"DUALPATH_NET_TIMEOUT_MS", "30s"}},
+      {{"DUALPATH_NET_REQUIRE_RDMA", "maybe"}},
+  };
+  const char* expected[] = {
+      "DUALPATH_NET_DEVICES='eth0,,lo': empty item; expected comma-separated non-empty shell "
+      "patterns",
+      "DUALPATH_NET_TIMEOUT_MS='0': expected an integer number of milliseconds, 1 to 86400000",
+      "DUALPATH_NET_TIMEOUT_MS='30s': expected an integer number of milliseconds, 1 to 86400000",
+      "DUALPATH_NET_REQUIRE_RDMA='maybe': expected 0, 1, false, true, no or yes",
+  };
+  for (std::size_t i = 0; i < std::size(cases); ++i) {
+    Result<Snapshot> snapshot = parse(fakeEnvironment(cases[i]));
+    ASSERT_FALSE(snapshot.hasValue()) << i;
+    EXPECT_EQ(snapshot.status().message(), expected[i]);
+  }
 }
 
 TEST(ParamsTest, RegistryNamesFollowTheConvention) {

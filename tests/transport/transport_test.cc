@@ -2,6 +2,8 @@
 // matching, chunking under the arbiter, puts, limits and handle checks.
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <thread>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -215,6 +217,62 @@ TEST_F(TransportTest, ConnectingToNobodyFailsWithThePeerAddress) {
   }));
   EXPECT_EQ(outcome.code(), StatusCode::remote) << outcome.toString();
   EXPECT_THAT(outcome.message(), HasSubstr("127.0.0.1:"));
+}
+
+// NCCL drives one comm from its service and progress threads, and the loader
+// adds its own: every call must be safe from any thread (run under TSan too).
+TEST_F(TransportTest, ThreadsSharingAnEndpointLoseNothing) {
+  const std::uint8_t kv = classIndex("kv");
+  EndpointPair pair = connectPair(*engine_, *engine_, kv);
+  ASSERT_TRUE(pair.client && pair.server);
+  constexpr int kThreads = 4;
+  constexpr int kMessages = 100;
+  constexpr std::size_t kSize = 3000;
+  std::atomic<int> failures{0};
+  auto sender = [&](int tag) {
+    for (int k = 0; k < kMessages; ++k) {
+      std::vector<char> message = pattern(kSize, tag * 1000 + k);
+      Result<Request*> send = Status(StatusCode::again);
+      if (!pollUntil([&] {
+            send = pair.client->postSend(message.data(), message.size(),
+                                         static_cast<std::uint32_t>(tag), nullptr);
+            return send.hasValue() || send.status().code() != StatusCode::again;
+          }) ||
+          !send.hasValue() || !waitRequest(*send).isOk()) {
+        ++failures;
+        return;
+      }
+    }
+  };
+  auto receiver = [&](int tag) {
+    std::vector<char> buffer(kSize);
+    for (int k = 0; k < kMessages; ++k) {
+      RecvSlot slot{buffer.data(), buffer.size(), static_cast<std::uint32_t>(tag)};
+      Result<Request*> recv = Status(StatusCode::again);
+      if (!pollUntil([&] {
+            recv = pair.server->postRecv({&slot, 1});
+            return recv.hasValue() || recv.status().code() != StatusCode::again;
+          }) ||
+          !recv.hasValue()) {
+        ++failures;
+        return;
+      }
+      std::size_t size = 0;
+      if (!waitRequest(*recv, &size, 1).isOk() || size != kSize ||
+          buffer != pattern(kSize, tag * 1000 + k)) {
+        ++failures;
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back(sender, t);
+    threads.emplace_back(receiver, t);
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(engine_->arbiter(0).stats(kv).inflight_bytes, 0u);
 }
 
 TEST(DeviceSelectionTest, PatternsThatMatchNothingAreErrors) {

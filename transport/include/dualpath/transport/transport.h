@@ -47,10 +47,10 @@ namespace dualpath::transport {
 class Engine;
 class Worker;
 
-inline constexpr std::size_t kConnectHandleBytes = 128;  // NCCL_NET_HANDLE_MAXSIZE
+inline constexpr std::size_t kConnectHandleBytes = 128;  // the size of NCCL's handle buffer
 inline constexpr std::uint8_t kAnyClass = 0xff;
 inline constexpr std::size_t kMaxRecvsPerRequest = 8;  // grouped receive width
-inline constexpr std::size_t kMaxRequestsPerEndpoint = 32;  // NCCL_NET_MAX_REQUESTS
+inline constexpr std::size_t kMaxRequestsPerEndpoint = 32;  // NCCL's requests in flight per comm
 
 // What listen() produces and connect() consumes. Trivially copyable, fixed
 // layout, integers in network byte order, so it can cross hosts as bytes.
