@@ -100,10 +100,8 @@ struct Options {
   std::string buffers = "distinct";
   std::string tls_tcp = "tcp";
   std::string tls_shm = "sm,tcp";
-  // UCX 1.13 leaves the mm transports (posix, sysv) out of endpoints that need peer-failure
-  // handling, which client-server (sockaddr) endpoints do: openucx/ucx#8477.
   std::vector<std::string> env_tcp;
-  std::vector<std::string> env_shm{"UCX_MM_ERROR_HANDLING=y"};
+  std::vector<std::string> env_shm;
   std::string perftest = "ucx_perftest";
   int perftest_window = 0;
   double wait_timeout_s = 60;
@@ -932,18 +930,22 @@ PerftestResult runPerftestOnce(const Options& o, const std::vector<std::string>&
   // refused connect: wait (bounded) until the port is in LISTEN state, or the server exits.
   const std::int64_t listen_deadline = nowNs() + static_cast<std::int64_t>(o.wait_timeout_s * 1e9);
   bool listening = false;
+  bool server_died = false;
   while (!listening) {
     listening = portListening(port);
     if (listening) break;
     if (nowNs() > listen_deadline) break;
     pollfd p{server.pidfd, POLLIN, 0};
-    if (::poll(&p, 1, 1) > 0) break;  // the server exited; 1 ms is the re-check interval
+    if (::poll(&p, 1, 1) > 0) {  // the server exited; 1 ms is the re-check interval
+      server_died = true;
+      break;
+    }
   }
   if (!listening) {
     killChild(server);
     result.error = fmt::format("ucx_perftest server on port {} did not listen ({}):\n{}", port,
                                describeExit(server), tail(readWholeFd(server.err), 10));
-    *retry = server.exited;  // e.g. the port was taken in between
+    *retry = server_died;  // e.g. the port was taken in between
     closeChild(server);
     return result;
   }
@@ -1424,14 +1426,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"distinct", "shared"}));
   app.add_option("--ucx-tls-tcp", o.tls_tcp, "UCX_TLS for --transport tcp");
   app.add_option("--ucx-tls-shm", o.tls_shm,
-                 "UCX_TLS for --transport shm (the plugin connects over the tcp sockaddr path "
-                 "and needs a network device, so tcp stays in the list; data goes over shm)");
+                 "UCX_TLS for --transport shm (the plugin connects over UCX's client-server "
+                 "path on tcp and needs a network device, so tcp stays in the list; its data "
+                 "endpoint then gets shared-memory lanes: check with UCX_LOG_LEVEL=info "
+                 "--verbose, ep_cfg lines)");
   app.add_option("--env-tcp", o.env_tcp, "extra KEY=VALUE for --transport tcp (all processes)")
       ->delimiter(',');
-  app.add_option("--env-shm", o.env_shm,
-                 "extra KEY=VALUE for --transport shm (all processes; default "
-                 "UCX_MM_ERROR_HANDLING=y, without which UCX 1.13 keeps client-server "
-                 "endpoints off shared memory)")
+  app.add_option("--env-shm", o.env_shm, "extra KEY=VALUE for --transport shm (all processes)")
       ->delimiter(',');
   app.add_option("--perftest", o.perftest, "ucx_perftest binary");
   app.add_option("--perftest-window", o.perftest_window,

@@ -62,8 +62,8 @@ TEST(ParamsTest, BadNetworkKnobsNameTheVariableAndForm) {
       {{"DUALPATH_NET_REQUIRE_RDMA", "maybe"}},
   };
   const char* expected[] = {
-      "DUALPATH_NET_DEVICES='eth0,,lo': empty item; expected comma-separated non-empty shell "
-      "patterns",
+      ("DUALPATH_NET_DEVICES='eth0,,lo': empty item; expected comma-separated non-empty shell "
+       "patterns"),
       "DUALPATH_NET_TIMEOUT_MS='0': expected an integer number of milliseconds, 1 to 86400000",
       "DUALPATH_NET_TIMEOUT_MS='30s': expected an integer number of milliseconds, 1 to 86400000",
       "DUALPATH_NET_REQUIRE_RDMA='maybe': expected 0, 1, false, true, no or yes",

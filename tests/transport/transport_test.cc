@@ -2,6 +2,7 @@
 // matching, chunking under the arbiter, puts, limits and handle checks.
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <atomic>
 #include <thread>
 #include <cstring>
@@ -13,6 +14,7 @@
 
 #include "log_capture.h"
 #include "transport_test_util.h"
+#include "worker.h"
 
 namespace dualpath::transport {
 namespace {
@@ -273,6 +275,45 @@ TEST_F(TransportTest, ThreadsSharingAnEndpointLoseNothing) {
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(engine_->arbiter(0).stats(kv).inflight_bytes, 0u);
+}
+
+// A peer that is alive but never takes the data (a stopped process looks the
+// same): the send fails once it has made no progress for the timeout.
+TEST(TransportTimeoutTest, ASendThatMakesNoProgressFailsWithinTheTimeout) {
+  qos::Policy policy = examplePolicy("ethernet-testbed.toml");
+  auto engine = loopbackEngine(policy, /*timeout_ms=*/300);
+  ASSERT_NE(engine, nullptr);
+  EndpointPair pair = connectPair(*engine, *engine, 0);
+  ASSERT_TRUE(pair.client && pair.server);
+  // Large enough for UCX's rendezvous protocol: it waits for a receive that
+  // never comes.
+  std::vector<char> data = pattern(8 << 20, 3);
+  auto send = pair.client->postSend(data.data(), data.size(), 1, nullptr);
+  ASSERT_TRUE(send.hasValue()) << send.status().toString();
+  dualpath::testing::LogCapture capture;
+  const auto started = std::chrono::steady_clock::now();
+  Status outcome = waitRequest(*send);
+  const auto waited = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(outcome.code(), StatusCode::timeout) << outcome.toString();
+  EXPECT_THAT(outcome.message(), HasSubstr("made no progress for 300 ms"));
+  EXPECT_LT(waited, std::chrono::seconds(5));
+  EXPECT_EQ(engine->counters().timeouts, 1u);
+  EXPECT_THAT(capture.lines(), ::testing::Contains(HasSubstr("failed")));
+  // The connection is unusable now, and says why.
+  auto after = pair.client->postSend(data.data(), 8, 1, nullptr);
+  ASSERT_FALSE(after.hasValue());
+  EXPECT_EQ(after.status().code(), StatusCode::timeout);
+}
+
+// Only compiled paths on our machines (no HCA): the judgement itself.
+TEST(LaneTest, OnlyAllTcpLanesCountAsAnRdmaFallback) {
+  EXPECT_TRUE(isTcpFallback({"tcp/ib0"}));
+  EXPECT_TRUE(isTcpFallback({"tcp/eth0", "tcp/ib0"}));
+  EXPECT_FALSE(isTcpFallback({"rc_mlx5/mlx5_0:1", "ud_mlx5/mlx5_0:1"}));
+  EXPECT_FALSE(isTcpFallback({"posix/memory", "cma/memory"})) << "same host: shm is better";
+  EXPECT_FALSE(isTcpFallback({}));
+  EXPECT_TRUE(isSharedMemoryLane("sysv/memory"));
+  EXPECT_FALSE(isSharedMemoryLane("tcp/lo"));
 }
 
 TEST(DeviceSelectionTest, PatternsThatMatchNothingAreErrors) {

@@ -105,7 +105,13 @@ class EndpointImpl final : public Endpoint {
     r->tag_bits = tagbits::make(connection_->remote_id, tag, *seq);
     const std::size_t chunk = worker_->arbiter().maxPostBytes(worker_->classIndex());
     r->chunks_total = size / chunk + 1;
-    return startPosting(r);
+    Result<Request*> posted = startPosting(r);
+    // Not posted at all: the retry must carry this same sequence number, or
+    // it would match the receive after the one it belongs to.
+    if (!posted && posted.status().code() == StatusCode::again) {
+      connection_->send_sequences.giveBack(tag);
+    }
+    return posted;
   }
 
   Result<Request*> postRecv(std::span<const RecvSlot> slots) noexcept override {
@@ -245,9 +251,13 @@ class ListenerImpl final : public Listener {
     for (PerClass& c : classes_) {
       MutexLock lock(c.worker->mu);
       c.worker->progress();
-      if (c.state->ready.empty()) continue;
-      Connection* connection = c.state->ready.front();
-      c.state->ready.pop_front();
+      // Hand out a connection once our welcome has left: the peer's connect
+      // must not depend on us progressing again after accept returns.
+      auto welcomed = std::find_if(c.state->ready.begin(), c.state->ready.end(),
+                                   [](const Connection* r) { return r->handshake_request == nullptr; });
+      if (welcomed == c.state->ready.end()) continue;
+      Connection* connection = *welcomed;
+      c.state->ready.erase(welcomed);
       return std::unique_ptr<Endpoint>(new EndpointImpl(c.worker, connection));
     }
     return Status(StatusCode::again);
@@ -423,7 +433,7 @@ class EngineImpl final : public Engine {
     auto key = std::pair{device, cls};
     if (auto it = workers_.find(key); it != workers_.end()) return it->second;
     DP_TRY_ASSIGN(std::shared_ptr<Worker> worker,
-                  Worker::create(devices_[device], device, config_.policy, cls, config_,
+                  Worker::create(devices_[device], config_.policy, cls, config_,
                                  arbiters_[device], counters_, counters_mu_));
     workers_.emplace(key, worker);
     return worker;
@@ -479,8 +489,11 @@ Status test(Request* request, bool* done, std::span<std::size_t> sizes,
   if (!request->in_use) {
     return Status(StatusCode::invalid_usage, "test() of a request that is not in flight");
   }
-  worker.progress();
-  if (!request->finished()) return Status::ok();
+  // Progress only when the answer is not already known.
+  if (!request->finished()) {
+    worker.progress();
+    if (!request->finished()) return Status::ok();
+  }
   *done = true;
   Status failure = request->failure;
   if (failure.isOk() && !sizes.empty()) {

@@ -148,6 +148,15 @@ Status fromUcs(ucs_status_t status, std::string_view what) {
   return Status(code, fmt::format("{}: {}", what, ucs_status_string(status)));
 }
 
+void TagSequences::giveBack(std::uint32_t tag) noexcept {
+  for (std::size_t i = 0; i < used_; ++i) {
+    if (entries_[i].tag == tag) {
+      --entries_[i].next;
+      return;
+    }
+  }
+}
+
 Result<std::uint32_t> TagSequences::next(std::uint32_t tag) noexcept {
   for (std::size_t i = 0; i < used_; ++i) {
     if (entries_[i].tag == tag) return entries_[i].next++;
@@ -179,25 +188,24 @@ bool Request::finished() const {
   return false;
 }
 
-Worker::Worker(DeviceInfo device, std::size_t device_index, std::uint8_t class_index,
+Worker::Worker(DeviceInfo device, std::uint8_t class_index,
                EngineConfig config, std::shared_ptr<qos::LinkArbiter> arbiter,
                std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu)
     : device_(std::move(device)),
-      device_index_(device_index),
       class_index_(class_index),
       config_(std::move(config)),
       arbiter_(std::move(arbiter)),
       counters_(std::move(counters)),
       counters_mu_(std::move(counters_mu)) {}
 
-Result<std::shared_ptr<Worker>> Worker::create(const DeviceInfo& device, std::size_t device_index,
+Result<std::shared_ptr<Worker>> Worker::create(const DeviceInfo& device,
                                                const qos::Policy& policy,
                                                std::uint8_t class_index,
                                                const EngineConfig& config,
                                                std::shared_ptr<qos::LinkArbiter> arbiter,
                                                std::shared_ptr<TransportCounters> counters,
                                                std::shared_ptr<Mutex> counters_mu) {
-  std::shared_ptr<Worker> worker(new Worker(device, device_index, class_index, config,
+  std::shared_ptr<Worker> worker(new Worker(device, class_index, config,
                                             std::move(arbiter), std::move(counters),
                                             std::move(counters_mu)));
   DP_TRY(worker->init(policy));
@@ -327,8 +335,9 @@ void Worker::bumpCounter(std::uint64_t TransportCounters::*counter) {
 // ---------------------------------------------------------------- progress
 
 void Worker::progress() {
-  for (int i = 0; i < 16 && ucp_worker_progress(worker_) != 0; ++i) {
-  }
+  // Once per call: on tcp every call is an epoll_wait, and callers (NCCL's
+  // test() loop) call again anyway.
+  ucp_worker_progress(worker_);
   const qos::TimeNs now = qos::monotonicNowNs();
   // Receives whose middle chunk arrived: post the rest of the buffer. The
   // list is swapped out first because posting may complete more chunks.
@@ -369,13 +378,17 @@ void Worker::checkTimeouts(qos::TimeNs now) {
       }
     }
   }
-  std::erase_if(accepting_, [&](const Accepting& a) {
-    if (now - a.created_ns <= limit) return false;
+  // Plain loops, not erase_if: lock analysis cannot see into the lambda.
+  for (auto it = accepting_.begin(); it != accepting_.end();) {
+    if (now - it->created_ns <= limit) {
+      ++it;
+      continue;
+    }
     DP_LOG_WARN("transport: peer {} connected to {} but sent no hello within {} ms; dropped",
-                a.connection->peer, device_.name, config_.timeout_ms);
-    retire(a.connection);
-    return true;
-  });
+                it->connection->peer, device_.name, config_.timeout_ms);
+    retire(it->connection);
+    it = accepting_.erase(it);
+  }
   for (auto& pending : connects_) {
     if (!pending->welcomed && pending->failure.isOk() && now - pending->started_ns > limit) {
       bumpCounter(&TransportCounters::timeouts);
@@ -390,12 +403,15 @@ void Worker::checkTimeouts(qos::TimeNs now) {
 void Worker::reapRetired(qos::TimeNs) {
   // A retired connection goes once UCX holds nothing of it. One whose peer
   // died with operations in flight may stay until the worker is destroyed.
-  std::erase_if(connections_, [&](auto& entry) {
-    Connection& c = *entry.second;
-    if (!c.retired) return false;
-    if (!c.close_posted) closeEp(c, /*force=*/!c.failure.isOk());
-    return c.closed && c.ucx_outstanding == 0;
-  });
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    Connection& c = *it->second;
+    if (c.retired && !c.close_posted) closeEp(c, /*force=*/!c.failure.isOk());
+    if (c.retired && c.closed && c.ucx_outstanding == 0) {
+      it = connections_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- endpoints
@@ -906,11 +922,14 @@ void Worker::destroyListener(ListenerState* state) {
   ucp_listener_destroy(state->listener);
   state->listener = nullptr;
   for (Connection* c : state->ready) retire(c);
-  std::erase_if(accepting_, [&](const Accepting& a) {
-    if (a.listener != state) return false;
-    retire(a.connection);
-    return true;
-  });
+  for (auto it = accepting_.begin(); it != accepting_.end();) {
+    if (it->listener != state) {
+      ++it;
+      continue;
+    }
+    retire(it->connection);
+    it = accepting_.erase(it);
+  }
   std::erase_if(listeners_, [&](const auto& l) { return l.get() == state; });
 }
 
@@ -1143,6 +1162,13 @@ std::vector<std::string> lanesOf(ucp_ep_h ep) {
   return result;
 }
 
+bool isTcpFallback(const std::vector<std::string>& lanes) {
+  // On one host shared memory beats RDMA; only all-TCP lanes are a fallback.
+  return !lanes.empty() && std::all_of(lanes.begin(), lanes.end(), [](const std::string& lane) {
+    return lane.rfind("tcp/", 0) == 0;
+  });
+}
+
 bool isSharedMemoryLane(const std::string& lane) {
   for (std::string_view shm : {"posix/", "sysv/", "cma/", "xpmem/", "knem/"}) {
     if (lane.rfind(shm, 0) == 0) return true;
@@ -1153,11 +1179,7 @@ bool isSharedMemoryLane(const std::string& lane) {
 void Worker::checkLanes(Connection& connection) {
   if (!connection.rdma_expected) return;
   std::vector<std::string> used = lanes(connection);
-  // On one host shared memory beats RDMA; only TCP is a fallback.
-  const bool tcp_only = std::all_of(used.begin(), used.end(), [](const std::string& lane) {
-    return lane.rfind("tcp/", 0) == 0;
-  });
-  if (!tcp_only || used.empty()) return;
+  if (!isTcpFallback(used)) return;
   bumpCounter(&TransportCounters::rdma_fallbacks);
   std::string message = fmt::format(
       "connection to {} on RDMA device {} uses no RDMA lane (lanes: {}); traffic goes over TCP",

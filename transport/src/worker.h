@@ -38,6 +38,8 @@ struct Connection;
 // "posix/memory"), from ucp_ep_print_info.
 std::vector<std::string> lanesOf(ucp_ep_h ep);
 bool isSharedMemoryLane(const std::string& lane);
+// True when a connection on an RDMA device got only TCP lanes.
+bool isTcpFallback(const std::vector<std::string>& lanes);
 
 // UCX status as ours: peer failures are `remote`, timeouts `timeout`,
 // resource exhaustion `again`, the rest `io`.
@@ -74,6 +76,9 @@ class TagSequences {
   static constexpr std::size_t kMaxTags = 64;
   // The next sequence number for `tag`; `invalid_usage` past kMaxTags tags.
   Result<std::uint32_t> next(std::uint32_t tag) noexcept;
+  // Returns the latest number of `tag` when its message could not be posted
+  // after all (the caller retries and must get the same number).
+  void giveBack(std::uint32_t tag) noexcept;
 
  private:
   struct Entry {
@@ -196,7 +201,7 @@ struct ConnectState {
 
 class Worker {
  public:
-  static Result<std::shared_ptr<Worker>> create(const DeviceInfo& device, std::size_t device_index,
+  static Result<std::shared_ptr<Worker>> create(const DeviceInfo& device,
                                                 const qos::Policy& policy,
                                                 std::uint8_t class_index,
                                                 const EngineConfig& config,
@@ -248,7 +253,7 @@ class Worker {
   const std::vector<std::byte>& address() const { return address_; }
 
  private:
-  Worker(DeviceInfo device, std::size_t device_index, std::uint8_t class_index,
+  Worker(DeviceInfo device, std::uint8_t class_index,
          EngineConfig config, std::shared_ptr<qos::LinkArbiter> arbiter,
          std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu);
   Status init(const qos::Policy& policy);
@@ -265,7 +270,6 @@ class Worker {
   void bumpCounter(std::uint64_t TransportCounters::*counter);
 
   const DeviceInfo device_;
-  const std::size_t device_index_;
   const std::uint8_t class_index_;
   const EngineConfig config_;
   std::shared_ptr<qos::LinkArbiter> arbiter_;
