@@ -143,7 +143,7 @@ struct ArbiterSettings {
   std::optional<BitsPerSecond> link_rate;    // software shaping when set
   Bytes burst = 256 * 1024;                  // token-bucket depth
   Bytes chunk = 512 * 1024;                  // largest low-priority post
-  Bytes max_inflight = 8 * 1024 * 1024;      // all classes; 0 = no limit
+  Bytes max_inflight = 64 * 1024 * 1024;     // all classes; 0 = no limit
   Bytes low_max_inflight = 2 * 1024 * 1024;  // low classes; 0 = no limit
   std::uint32_t demand_hold_us = 200;        // how long a refused class keeps its claim
 };
