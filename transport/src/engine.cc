@@ -210,7 +210,6 @@ class EndpointImpl final : public Endpoint {
   // Posts what the arbiter grants now. If not even the first chunk may go,
   // the request is returned to the pool and the caller retries (`again`).
   Result<Request*> startPosting(Request* r) DP_REQUIRES(worker_->mu) {
-    r->queued = true;
     connection_->pending_posts.push_back(r);
     worker_->pumpPosts(*connection_, qos::monotonicNowNs());
     if (r->chunks_posted == 0 && r->failure.isOk()) {

@@ -528,7 +528,6 @@ void Worker::closeEp(Connection& connection, bool force) {
 void Worker::retire(Connection* connection) {
   if (connection == nullptr || connection->retired) return;
   connection->retired = true;
-  connection->retired_ns = qos::monotonicNowNs();
   // Receives nobody will test again: cancel them so UCX lets go of the buffers.
   for (Request& r : connection->requests) {
     if (!r.in_use) continue;
@@ -570,7 +569,6 @@ void Worker::fail(Connection& connection, Status reason) {
     }
   }
   connection.pending_posts.clear();
-  for (Request& r : connection.requests) r.queued = false;
   closeEp(connection, /*force=*/true);
 }
 
@@ -656,11 +654,7 @@ void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
     if (!blocked && r->failure.isOk() && r->kind == RequestKind::put && !r->flush_posted) {
       blocked = r->inflight != 0 || !postFlush(connection, *r);
     }
-    if (blocked && r->failure.isOk()) {
-      connection.pending_posts[kept++] = r;
-    } else {
-      r->queued = false;
-    }
+    if (blocked && r->failure.isOk()) connection.pending_posts[kept++] = r;
   }
   connection.pending_posts.resize(kept);
 }

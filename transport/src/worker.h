@@ -125,7 +125,6 @@ class Request {
   std::uint64_t remote_addr = 0;
   bool flush_posted = false;
   bool flushed = false;
-  bool queued = false;  // in the connection's pending-post ring
 
   // recv
   std::uint8_t slot_count = 0;
@@ -165,7 +164,6 @@ struct Connection {
   bool retired = false;
   bool close_posted = false;
   bool closed = false;
-  qos::TimeNs retired_ns = 0;
   std::size_t ucx_outstanding = 0;  // UCX requests pointing into this connection
   bool rdma_expected = false;
   std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class

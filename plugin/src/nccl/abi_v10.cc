@@ -1,6 +1,6 @@
 // ncclNetPlugin_v10 (NCCL 2.24 to 2.27): init once per load; the class comes
 // from connect's config.
-#include "abi_legacy.h"
+#include "abi_common.h"
 
 namespace dualpath::plugin {
 namespace {

@@ -1,7 +1,6 @@
 // ncclNetPlugin_v11: the table NCCL 2.28 to 2.30 load first. One of the four
 // files that see NCCL's types; each entry is a call into the boundary layer.
-#include "../boundary.h"
-#include "net_abi.h"
+#include "abi_common.h"
 
 namespace dualpath::plugin {
 namespace {
@@ -15,30 +14,7 @@ NcclResult initV11(void** ctx, std::uint64_t comm_id, CommConfigV11* config, Deb
   return init(ctx, comm_id, traffic_class, logger);
 }
 
-NcclResult getPropertiesV11(int dev, PropertiesV11* props) {
-  DeviceProperties common;
-  if (NcclResult r = properties(dev, &common); r != success) return r;
-  *props = PropertiesV11{};
-  props->name = const_cast<char*>(common.name);
-  props->pciPath = const_cast<char*>(common.pci_path);
-  props->guid = common.guid;
-  props->ptrSupport = common.ptr_support;
-  props->regIsGlobal = 0;
-  props->forceFlush = 0;
-  props->speed = common.speed_mbps;
-  props->port = common.port;
-  props->latency = common.latency_us;
-  props->maxComms = common.max_comms;
-  props->maxRecvs = common.max_recvs;
-  props->netDeviceType = NetDeviceType::host;
-  props->netDeviceVersion = kNetDeviceInvalidVersion;
-  props->vProps.ndevs = 1;
-  props->vProps.devs[0] = dev;
-  props->maxP2pBytes = common.max_p2p_bytes;
-  props->maxCollBytes = common.max_coll_bytes;
-  props->maxMultiRequestSize = 1;
-  return success;
-}
+NcclResult getPropertiesV11(int dev, PropertiesV11* props) { return fillProperties(dev, props); }
 
 NcclResult listenV11(void* ctx, int dev, void* handle, void** listen_comm) {
   return listen(ctx, dev, handle, listen_comm, /*any_class=*/false);

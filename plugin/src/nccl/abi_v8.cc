@@ -1,6 +1,6 @@
 // ncclNetPlugin_v8 (NCCL 2.19 to 2.21): int sizes on isend/irecv, no virtual
 // devices, the default class.
-#include "abi_legacy.h"
+#include "abi_common.h"
 
 namespace dualpath::plugin {
 namespace {

@@ -1,6 +1,6 @@
 // ncclNetPlugin_v9 (NCCL 2.22, 2.23): no profiler handles, no config: the
 // default class.
-#include "abi_legacy.h"
+#include "abi_common.h"
 
 namespace dualpath::plugin {
 namespace {

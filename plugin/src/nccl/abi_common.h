@@ -1,5 +1,5 @@
-// Shared by the v10, v9 and v8 adapters: their getProperties differ only in
-// which members their struct has.
+// Shared by the four tables: getProperties differs between versions only in
+// which members the struct has; v8-v10 also share listen.
 #pragma once
 
 #include "../boundary.h"
@@ -30,6 +30,9 @@ abi::NcclResult fillProperties(int dev, Props* props) {
     props->vProps.devs[0] = dev;
     props->maxP2pBytes = common.max_p2p_bytes;
     props->maxCollBytes = common.max_coll_bytes;
+  }
+  if constexpr (requires { props->maxMultiRequestSize; }) {
+    props->maxMultiRequestSize = 1;  // no multi-request support
   }
   return abi::success;
 }
