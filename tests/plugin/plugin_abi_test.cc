@@ -133,6 +133,23 @@ const bool kEnvironmentSet = [] {
   return true;
 }();
 
+// Reads the peer's listen handle and connects to it (bounded); NULL on failure.
+void* connectToPeer(PluginApi& api, void* ctx, Peer& peer) {
+  std::array<char, abi::kHandleBytes> handle{};
+  if (!peer.readExactly(handle.data(), handle.size())) {
+    ADD_FAILURE() << "the peer sent no handle";
+    return nullptr;
+  }
+  void* send = nullptr;
+  void* unused = nullptr;
+  std::string error;
+  if (!connectBoth(api, ctx, nullptr, handle.data(), &send, &unused, &error)) {
+    ADD_FAILURE() << error;
+    return nullptr;
+  }
+  return send;
+}
+
 class PluginAbiTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override { clearLoggedLines(); }
@@ -156,13 +173,9 @@ TEST_P(PluginAbiTest, TwoProcessExchangeDeliversEveryByte) {
   EXPECT_EQ(max_recvs, 8);
   EXPECT_EQ(ptr_support, abi::kPtrHost);
 
-  std::array<char, abi::kHandleBytes> handle{};
-  ASSERT_TRUE(peer.readExactly(handle.data(), handle.size()));
-  void* send = nullptr;
-  void* unused = nullptr;
-  std::string error;
   // Setup on this thread, as NCCL's service thread.
-  ASSERT_TRUE(connectBoth(api, ctx, nullptr, handle.data(), &send, &unused, &error)) << error;
+  void* send = connectToPeer(api, ctx, peer);
+  ASSERT_NE(send, nullptr);
 
   // Data on another, as NCCL's progress thread.
   std::thread progress([&] {
@@ -206,12 +219,8 @@ TEST_P(PluginAbiTest, PeerDeathFailsTheOutstandingSend) {
   PluginApi api("dualpath", version);
   void* ctx = nullptr;
   ASSERT_EQ(api.init(&ctx, abi::kTrafficClassUndef), abi::success);
-  std::array<char, abi::kHandleBytes> handle{};
-  ASSERT_TRUE(peer.readExactly(handle.data(), handle.size()));
-  void* send = nullptr;
-  void* unused = nullptr;
-  std::string error;
-  ASSERT_TRUE(connectBoth(api, ctx, nullptr, handle.data(), &send, &unused, &error)) << error;
+  void* send = connectToPeer(api, ctx, peer);
+  ASSERT_NE(send, nullptr);
   ASSERT_EQ(peer.readLine(), "OK holding");
   // A rendezvous-sized send the peer never receives, then the peer dies.
   auto data = pattern(16 << 20, 1);
@@ -257,12 +266,8 @@ TEST(PluginClassTest, V10ConnectConfigPicksTheClassOnBothEnds) {
   PluginApi api("dualpath", 10);
   void* ctx = nullptr;
   ASSERT_EQ(api.init(&ctx, 1), abi::success);  // v10: applies to connect's config
-  std::array<char, abi::kHandleBytes> handle{};
-  ASSERT_TRUE(peer.readExactly(handle.data(), handle.size()));
-  void* send = nullptr;
-  void* unused = nullptr;
-  std::string error;
-  ASSERT_TRUE(connectBoth(api, ctx, nullptr, handle.data(), &send, &unused, &error)) << error;
+  void* send = connectToPeer(api, ctx, peer);
+  ASSERT_NE(send, nullptr);
   EXPECT_THAT(peer.readLine(), HasSubstr("on class 'kv'"));
   peer.release();
   EXPECT_EQ(api.closeSend(send), abi::success);

@@ -5,8 +5,6 @@
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
-#include <cstdlib>
-#include <unistd.h>
 #include <mutex>
 #include <stdexcept>
 
@@ -40,9 +38,6 @@ void recordingLogger(abi::LogLevel level, unsigned long, const char*, int, const
   va_end(args);
   std::lock_guard lock(g_log_mu);
   g_lines.push_back(fmt::format("{} {}", levelText(level), buffer));
-  // DUALPATH_TEST_ECHO_LOG=1 shows the plugin's lines live, for debugging.
-  static const bool echo = std::getenv("DUALPATH_TEST_ECHO_LOG") != nullptr;
-  if (echo) std::fprintf(stderr, "[%d] %s\n", static_cast<int>(getpid()), g_lines.back().c_str());
 }
 
 template <class T>

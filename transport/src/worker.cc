@@ -292,6 +292,7 @@ Worker::~Worker() {
   // points into our pools. A flushing close needs the peer to progress its
   // worker, which a peer that has finished may never do again.
   for (auto& [id, connection] : connections_) {
+    if (!connection->retired) ++retired_count_;
     connection->retired = true;
     closeEp(*connection, /*force=*/true);
   }
@@ -300,7 +301,7 @@ Worker::~Worker() {
       static_cast<qos::TimeNs>(std::min<std::uint32_t>(config_.timeout_ms, 1'000)) * 1'000'000;
   while (!connections_.empty() && qos::monotonicNowNs() < deadline) {
     ucp_worker_progress(worker_);
-    reapRetired(qos::monotonicNowNs());
+    reapRetired();
   }
   if (!connections_.empty()) {
     DP_LOG_INFO("transport: {} connection(s) on {} still closing; destroying the worker "
@@ -357,7 +358,7 @@ void Worker::progress() {
     last_timeout_scan_ns_ = now;
     checkTimeouts(now);
   }
-  reapRetired(now);
+  reapRetired();
 }
 
 void Worker::checkTimeouts(qos::TimeNs now) {
@@ -400,14 +401,17 @@ void Worker::checkTimeouts(qos::TimeNs now) {
   }
 }
 
-void Worker::reapRetired(qos::TimeNs) {
+void Worker::reapRetired() {
   // A retired connection goes once UCX holds nothing of it. One whose peer
   // died with operations in flight may stay until the worker is destroyed.
+  // Runs on every progress: skip the walk when nothing is retired.
+  if (retired_count_ == 0) return;
   for (auto it = connections_.begin(); it != connections_.end();) {
     Connection& c = *it->second;
     if (c.retired && !c.close_posted) closeEp(c, /*force=*/!c.failure.isOk());
     if (c.retired && c.closed && c.ucx_outstanding == 0) {
       it = connections_.erase(it);
+      --retired_count_;
     } else {
       ++it;
     }
@@ -442,7 +446,6 @@ Result<Connection*> Worker::newConnection(ucp_ep_h ep, std::string peer) {
   connection->ep = ep;
   connection->local_id = next_endpoint_id_++;
   connection->peer = std::move(peer);
-  connection->rdma_expected = device_.kind == DeviceKind::rdma;
   connection->requests.resize(kRequestPoolSize);
   connection->free_requests.reserve(kRequestPoolSize);
   for (Request& r : connection->requests) {
@@ -528,6 +531,7 @@ void Worker::closeEp(Connection& connection, bool force) {
 void Worker::retire(Connection* connection) {
   if (connection == nullptr || connection->retired) return;
   connection->retired = true;
+  ++retired_count_;
   // Receives nobody will test again: cancel them so UCX lets go of the buffers.
   for (Request& r : connection->requests) {
     if (!r.in_use) continue;
@@ -1171,7 +1175,7 @@ bool isSharedMemoryLane(const std::string& lane) {
 }
 
 void Worker::checkLanes(Connection& connection) {
-  if (!connection.rdma_expected) return;
+  if (device_.kind != DeviceKind::rdma) return;
   std::vector<std::string> used = lanes(connection);
   if (!isTcpFallback(used)) return;
   bumpCounter(&TransportCounters::rdma_fallbacks);

@@ -165,7 +165,6 @@ struct Connection {
   bool close_posted = false;
   bool closed = false;
   std::size_t ucx_outstanding = 0;  // UCX requests pointing into this connection
-  bool rdma_expected = false;
   std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class
 
   std::vector<Request> requests;        // fixed pool; addresses are stable
@@ -234,12 +233,8 @@ class Worker {
   std::vector<std::string> lanes(const Connection& connection) DP_REQUIRES(mu);
 
   ucp_context_h context() const { return context_; }
-  ucp_worker_h ucpWorker() const { return worker_; }
   qos::LinkArbiter& arbiter() const { return *arbiter_; }
   std::uint8_t classIndex() const { return class_index_; }
-  const DeviceInfo& device() const { return device_; }
-  std::uint32_t timeoutMs() const { return config_.timeout_ms; }
-  std::uint64_t policyDigest() const { return policy_digest_; }
 
   // UCX callbacks (static trampolines call these).
   void onConnRequest(ListenerState* listener, ucp_conn_request_h request) DP_REQUIRES(mu);
@@ -259,7 +254,7 @@ class Worker {
   Result<ucp_ep_h> createEp(ucp_ep_params_t& params, const std::string& peer,
                             bool detect_peer_failure) DP_REQUIRES(mu);
   void checkTimeouts(qos::TimeNs now) DP_REQUIRES(mu);
-  void reapRetired(qos::TimeNs now) DP_REQUIRES(mu);
+  void reapRetired() DP_REQUIRES(mu);
   void closeEp(Connection& connection, bool force) DP_REQUIRES(mu);
   void checkLanes(Connection& connection) DP_REQUIRES(mu);
   Connection* findByEp(ucp_ep_h ep) DP_REQUIRES(mu);
@@ -281,6 +276,7 @@ class Worker {
 
   std::uint32_t next_endpoint_id_ DP_GUARDED_BY(mu) = 1;
   std::unordered_map<std::uint32_t, std::unique_ptr<Connection>> connections_ DP_GUARDED_BY(mu);
+  std::size_t retired_count_ DP_GUARDED_BY(mu) = 0;  // retired, not yet reaped
   std::unordered_map<ucp_ep_h, Connection*> by_ep_ DP_GUARDED_BY(mu);
   // Server side: accepted UCX endpoints that have not said hello yet.
   struct Accepting {
