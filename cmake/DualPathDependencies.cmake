@@ -35,6 +35,13 @@ if(DUALPATH_BUILD_BENCH)
   dualpath_require_package(benchmark libbenchmark-dev CONFIG)
 endif()
 
+# hwloc ships only a pkg-config file.
+pkg_check_modules(HWLOC QUIET IMPORTED_TARGET hwloc>=2.5)
+if(NOT HWLOC_FOUND)
+  message(FATAL_ERROR "hwloc >= 2.5 not found: install Debian package 'libhwloc-dev' "
+                      "(scripts/install-deps.sh does it)")
+endif()
+
 find_package(Threads REQUIRED)
 
 # CUDA and NCCL are optional: used for compile and link when present, never
