@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include <dualpath/common/text.h>
@@ -69,5 +70,90 @@ std::string TextTable::render() const {
   }
   return out;
 }
+
+std::string blankNonAsciiTomlComments(std::string_view text,
+                                      std::vector<NonAsciiByte>& outside_comments) {
+  enum class State { code, comment, basic, literal, multiline_basic, multiline_literal };
+  constexpr std::string_view kBasicFence = R"(""")";
+  constexpr std::string_view kLiteralFence = R"(''')";
+  State state = State::code;
+  std::string out(text);
+  std::uint32_t line = 1;
+  std::uint32_t column = 1;
+  std::uint32_t reported_line = 0;
+  std::size_t i = 0;
+  // Consumes `token` at i if it is there.
+  auto take = [&](std::string_view token) {
+    if (text.substr(i, token.size()) != token) return false;
+    i += token.size() - 1;
+    column += static_cast<std::uint32_t>(token.size() - 1);
+    return true;
+  };
+  auto skipEscaped = [&] {
+    if (i + 1 < text.size() && text[i + 1] != '\n') {
+      ++i;
+      ++column;
+    }
+  };
+  for (; i < text.size(); ++i) {
+    const char c = text[i];
+    if (static_cast<unsigned char>(c) >= 0x80) {
+      if (state == State::comment) {
+        out[i] = ' ';
+      } else if (reported_line != line) {
+        reported_line = line;
+        outside_comments.push_back({line, column, static_cast<unsigned char>(c)});
+      }
+      ++column;
+      continue;
+    }
+    switch (state) {
+      case State::code:
+        if (c == '#') {
+          state = State::comment;
+        } else if (take(kBasicFence)) {
+          state = State::multiline_basic;
+        } else if (take(kLiteralFence)) {
+          state = State::multiline_literal;
+        } else if (c == '"') {
+          state = State::basic;
+        } else if (c == '\'') {
+          state = State::literal;
+        }
+        break;
+      case State::comment:
+        if (c == '\n') state = State::code;
+        break;
+      case State::basic:
+        if (c == '\\') {
+          skipEscaped();
+        } else if (c == '"' || c == '\n') {
+          state = State::code;
+        }
+        break;
+      case State::literal:
+        if (c == '\'' || c == '\n') state = State::code;
+        break;
+      case State::multiline_basic:
+        if (c == '\\') {
+          skipEscaped();
+        } else if (take(kBasicFence)) {
+          state = State::code;
+        }
+        break;
+      case State::multiline_literal:
+        if (take(kLiteralFence)) state = State::code;
+        break;
+    }
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return out;
+}
+
 
 }  // namespace dualpath

@@ -812,97 +812,6 @@ void readArbiter(TableReader& root, ArbiterSettings& arbiter) {
   reader.finish();
 }
 
-// toml++ 3.3.0, the version Debian 12 ships, reaches __builtin_unreachable()
-// while classifying some non-ASCII code points (is_non_ascii_horizontal_
-// whitespace on U+00E9, found by tests/fuzz): undefined behaviour. So toml++
-// only ever sees ASCII: outside comments a non-ASCII byte is an error with its
-// position, inside comments it becomes a blank. Strings are tracked so that a
-// '#' inside one does not start a comment.
-std::string screenNonAscii(std::string_view text, Reporter& reporter) {
-  enum class State { code, comment, basic, literal, multiline_basic, multiline_literal };
-  constexpr std::string_view kBasicFence = R"(""")";
-  constexpr std::string_view kLiteralFence = R"(''')";
-  State state = State::code;
-  std::string out(text);
-  std::uint32_t line = 1;
-  std::uint32_t column = 1;
-  std::uint32_t reported_line = 0;
-  std::size_t i = 0;
-  // Consumes `token` at i if it is there.
-  auto take = [&](std::string_view token) {
-    if (text.substr(i, token.size()) != token) return false;
-    i += token.size() - 1;
-    column += static_cast<std::uint32_t>(token.size() - 1);
-    return true;
-  };
-  auto skipEscaped = [&] {
-    if (i + 1 < text.size() && text[i + 1] != '\n') {
-      ++i;
-      ++column;
-    }
-  };
-  for (; i < text.size(); ++i) {
-    const char c = text[i];
-    if (static_cast<unsigned char>(c) >= 0x80) {
-      if (state == State::comment) {
-        out[i] = ' ';
-      } else if (reported_line != line) {
-        reported_line = line;
-        reporter.error({line, column}, "",
-                       fmt::format("non-ASCII byte 0x{:02X}: a policy is ASCII outside comments",
-                                   static_cast<unsigned char>(c)));
-      }
-      ++column;
-      continue;
-    }
-    switch (state) {
-      case State::code:
-        if (c == '#') {
-          state = State::comment;
-        } else if (take(kBasicFence)) {
-          state = State::multiline_basic;
-        } else if (take(kLiteralFence)) {
-          state = State::multiline_literal;
-        } else if (c == '"') {
-          state = State::basic;
-        } else if (c == '\'') {
-          state = State::literal;
-        }
-        break;
-      case State::comment:
-        if (c == '\n') state = State::code;
-        break;
-      case State::basic:
-        if (c == '\\') {
-          skipEscaped();
-        } else if (c == '"' || c == '\n') {
-          state = State::code;
-        }
-        break;
-      case State::literal:
-        if (c == '\'' || c == '\n') state = State::code;
-        break;
-      case State::multiline_basic:
-        if (c == '\\') {
-          skipEscaped();
-        } else if (take(kBasicFence)) {
-          state = State::code;
-        }
-        break;
-      case State::multiline_literal:
-        if (take(kLiteralFence)) state = State::code;
-        break;
-    }
-    if (text[i] == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string Diagnostic::toString() const {
@@ -934,7 +843,13 @@ LoadedPolicy loadPolicyText(std::string_view text, std::string source_name) {
     loaded.diagnostics = reporter.take();
     return loaded;
   }
-  const std::string ascii = screenNonAscii(text, reporter);
+  std::vector<NonAsciiByte> non_ascii;
+  const std::string ascii = blankNonAsciiTomlComments(text, non_ascii);
+  for (const NonAsciiByte& byte : non_ascii) {
+    reporter.error({byte.line, byte.column}, "",
+                   fmt::format("non-ASCII byte 0x{:02X}: a policy is ASCII outside comments",
+                               byte.value));
+  }
   if (reporter.hasErrors()) {
     loaded.diagnostics = reporter.take();
     return loaded;

@@ -238,28 +238,6 @@ void readPins(TableKeys& root, TopologyConfig& config, Diagnostics& diagnostics)
   }
 }
 
-// toml++ 3.3.0 (Debian 12) reaches __builtin_unreachable() on some non-ASCII
-// code points (found by fuzzing the QoS policy loader); the file is ASCII.
-bool screenNonAscii(std::string_view text, const TopologyConfig& config, Diagnostics& diagnostics) {
-  std::uint32_t line = 1;
-  std::uint32_t column = 1;
-  for (char c : text) {
-    if (static_cast<unsigned char>(c) >= 0x80) {
-      diagnostics.error({line, column, ""},
-                        fmt::format("non-ASCII byte 0x{:02X}: {} must be ASCII, comments included",
-                                    static_cast<unsigned char>(c), config.source));
-      return false;
-    }
-    if (c == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return true;
-}
-
 }  // namespace
 
 std::string TopologyConfig::where(const ConfigSite& site) const {
@@ -278,8 +256,16 @@ Result<TopologyConfig> parseTopologyConfig(std::string_view text, std::string so
                                       kMaxConfigBytes));
     return diagnostics.status();
   }
-  if (!screenNonAscii(text, config, diagnostics)) return diagnostics.status();
-  toml::parse_result parsed = toml::parse(text, config.source);
+  std::vector<NonAsciiByte> non_ascii;
+  const std::string ascii = blankNonAsciiTomlComments(text, non_ascii);
+  for (const NonAsciiByte& byte : non_ascii) {
+    diagnostics.error({byte.line, byte.column, ""},
+                      fmt::format("non-ASCII byte 0x{:02X}: a topology file is ASCII outside "
+                                  "comments",
+                                  byte.value));
+  }
+  if (!non_ascii.empty()) return diagnostics.status();
+  toml::parse_result parsed = toml::parse(ascii, config.source);
   if (!parsed) {
     const toml::parse_error& error = parsed.error();
     diagnostics.error(siteOf(error.source(), ""),

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "policy_test_util.h"
 #include "qos_cli.h"
 
@@ -19,26 +20,14 @@ const std::string kSource = DUALPATH_SOURCE_DIR;
 const std::string kPaper = kSource + "/qos/examples/paper-ib.toml";
 const std::string kFixtures = kSource + "/tests/qos/fixtures/";
 
-struct CliRun {
-  int code;
-  std::string out;
-  std::string err;
-};
+using test_support::CliRun;
 
-CliRun runCli(std::vector<std::string> args) {
-  args.insert(args.begin(), "dualpath-qos");
-  std::vector<const char*> argv;
-  for (const std::string& arg : args) argv.push_back(arg.c_str());
-  std::ostringstream out;
-  std::ostringstream err;
-  int code = run(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {code, out.str(), err.str()};
+CliRun runCli(const std::vector<std::string>& args) {
+  return test_support::runCli(&run, "dualpath-qos", args);
 }
 
 std::string writeTemp(const std::string& name, const std::string& text) {
-  std::string path = ::testing::TempDir() + "/" + name;
-  std::ofstream(path) << text;
-  return path;
+  return test_support::writeTempFile(name, text);
 }
 
 TEST(QosCliTest, ValidateValidPolicy) {

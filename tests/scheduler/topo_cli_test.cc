@@ -1,6 +1,8 @@
 // dualpath-topo, run in-process: exit codes and what it prints.
 #include "topo_cli.h"
 
+#include "cli_run.h"
+
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -22,27 +24,14 @@ using ::testing::StartsWith;
 const std::string kShared = DUALPATH_SHARED_TOPOLOGIES;
 const std::string kDgx2Snic = std::string(DUALPATH_TOPOLOGY_DATA) + "/dgx-h100-like-2snic.xml";
 
-struct CliRun {
-  int code;
-  std::string out;
-  std::string err;
-};
+using test_support::CliRun;
 
-CliRun runCli(std::vector<std::string> args) {
-  args.insert(args.begin(), "dualpath-topo");
-  std::vector<const char*> argv;
-  argv.reserve(args.size());
-  for (const std::string& arg : args) argv.push_back(arg.c_str());
-  std::ostringstream out;
-  std::ostringstream err;
-  int code = run(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {code, out.str(), err.str()};
+CliRun runCli(const std::vector<std::string>& args) {
+  return test_support::runCli(&run, "dualpath-topo", args);
 }
 
 std::string writeTemp(const std::string& name, const std::string& text) {
-  std::string path = ::testing::TempDir() + "/" + name;
-  std::ofstream(path) << text;
-  return path;
+  return test_support::writeTempFile(name, text);
 }
 
 TEST(TopoCliTest, TextShowsPairsStorageNicsAndExclusions) {

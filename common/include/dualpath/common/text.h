@@ -3,6 +3,7 @@
 // Threading: pure functions.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
@@ -30,5 +31,22 @@ class TextTable {
  private:
   std::vector<std::vector<std::string>> rows_;
 };
+
+// A non-ASCII byte of a TOML file found outside its comments (1-based).
+struct NonAsciiByte {
+  std::uint32_t line = 0;
+  std::uint32_t column = 0;
+  unsigned char value = 0;
+};
+
+// toml++ 3.3.0, the version Debian 12 ships, reaches __builtin_unreachable()
+// while classifying some non-ASCII code points (is_non_ascii_horizontal_
+// whitespace on U+00E9, found by tests/fuzz): undefined behaviour. So toml++
+// only ever sees ASCII. Returns `text` with every non-ASCII byte inside a
+// comment blanked, and appends to `outside_comments` the first non-ASCII byte
+// of each line outside comments, for the caller to report as errors. Strings
+// are tracked so that a '#' inside one does not start a comment.
+std::string blankNonAsciiTomlComments(std::string_view text,
+                                      std::vector<NonAsciiByte>& outside_comments);
 
 }  // namespace dualpath
