@@ -42,6 +42,18 @@ if(NOT HWLOC_FOUND)
                       "(scripts/install-deps.sh does it)")
 endif()
 
+# The loader's io_uring reads and block checksums; both ship only pkg-config files.
+pkg_check_modules(LIBURING QUIET IMPORTED_TARGET liburing>=2.3)
+if(NOT LIBURING_FOUND)
+  message(FATAL_ERROR "liburing >= 2.3 not found: install Debian package 'liburing-dev' "
+                      "(scripts/install-deps.sh does it)")
+endif()
+pkg_check_modules(XXHASH QUIET IMPORTED_TARGET libxxhash>=0.8)
+if(NOT XXHASH_FOUND)
+  message(FATAL_ERROR "libxxhash >= 0.8 not found: install Debian package 'libxxhash-dev' "
+                      "(scripts/install-deps.sh does it)")
+endif()
+
 find_package(Threads REQUIRED)
 
 # CUDA and NCCL are optional: used for compile and link when present, never

@@ -8,11 +8,13 @@ packages=(
   # toolchain
   cmake make g++ clang libclang-rt-14-dev pkg-config
   # libraries
-  libucx-dev ucx-utils libhwloc-dev hwloc liburing-dev
+  libucx-dev ucx-utils libhwloc-dev hwloc liburing-dev libxxhash-dev
   libspdlog-dev libfmt-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # tests: network namespaces, veth, tc
   iproute2
+  # benchmarks: the storage-read reference
+  fio
 )
 
 missing=()

@@ -50,6 +50,44 @@ Result<bool> BoolKind::parse(std::string_view text) {
   return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
 }
 
+std::string_view ioEngineName(IoEngine engine) noexcept {
+  switch (engine) {
+    case IoEngine::automatic:
+      return "auto";
+    case IoEngine::io_uring:
+      return "io_uring";
+    case IoEngine::pread:
+      return "pread";
+  }
+  return "?";
+}
+
+std::string_view fsyncPolicyName(FsyncPolicy policy) noexcept {
+  switch (policy) {
+    case FsyncPolicy::none:
+      return "none";
+    case FsyncPolicy::data:
+      return "data";
+    case FsyncPolicy::full:
+      return "full";
+  }
+  return "?";
+}
+
+Result<IoEngine> IoEngineKind::parse(std::string_view text) {
+  for (IoEngine engine : {IoEngine::automatic, IoEngine::io_uring, IoEngine::pread}) {
+    if (text == ioEngineName(engine)) return engine;
+  }
+  return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
+}
+
+Result<FsyncPolicy> FsyncPolicyKind::parse(std::string_view text) {
+  for (FsyncPolicy policy : {FsyncPolicy::none, FsyncPolicy::data, FsyncPolicy::full}) {
+    if (text == fsyncPolicyName(policy)) return policy;
+  }
+  return Status(StatusCode::invalid_argument, fmt::format("expected {}", kForm));
+}
+
 namespace {
 
 #define DP_PARAM(member, NAME, Kind, default_text, help) \

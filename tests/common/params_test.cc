@@ -75,6 +75,26 @@ TEST(ParamsTest, BadNetworkKnobsNameTheVariableAndForm) {
   }
 }
 
+TEST(ParamsTest, LoaderKnobsParse) {
+  Result<Snapshot> defaults = parse(fakeEnvironment({}));
+  ASSERT_TRUE(defaults.hasValue());
+  EXPECT_EQ(defaults->loader_io_engine, IoEngine::automatic);
+  EXPECT_EQ(defaults->loader_fsync, FsyncPolicy::data);
+
+  Result<Snapshot> snapshot = parse(fakeEnvironment(
+      {{"DUALPATH_LOADER_IO_ENGINE", "io_uring"}, {"DUALPATH_LOADER_FSYNC", "none"}}));
+  ASSERT_TRUE(snapshot.hasValue()) << snapshot.status().toString();
+  EXPECT_EQ(snapshot->loader_io_engine, IoEngine::io_uring);
+  EXPECT_EQ(snapshot->loader_fsync, FsyncPolicy::none);
+  EXPECT_EQ(ioEngineName(IoEngine::automatic), "auto");
+  EXPECT_EQ(fsyncPolicyName(FsyncPolicy::full), "full");
+
+  Result<Snapshot> bad = parse(fakeEnvironment({{"DUALPATH_LOADER_IO_ENGINE", "AUTO"}}));
+  ASSERT_FALSE(bad.hasValue());
+  EXPECT_EQ(bad.status().message(),
+            "DUALPATH_LOADER_IO_ENGINE='AUTO': expected auto, io_uring or pread");
+}
+
 TEST(ParamsTest, RegistryNamesFollowTheConvention) {
   for (const Spec& spec : registry()) {
     EXPECT_EQ(spec.env_name.rfind("DUALPATH_", 0), 0u) << spec.env_name;

@@ -51,6 +51,32 @@ struct BoolKind {
   static Result<value_type> parse(std::string_view text);
 };
 
+// The loader's choices. The enums live here, beside their kinds, because
+// common depends on no other area; the loader's options use them directly.
+//
+// IoEngine: how the loader's POSIX store reads blocks. automatic uses io_uring
+// and falls back to pread when the kernel refuses a ring (EPERM, ENOSYS: a
+// container's seccomp profile).
+enum class IoEngine : std::uint8_t { automatic, io_uring, pread };
+// FsyncPolicy: what a block write makes durable before it returns. none: the
+// page cache only; data: the block file is fsynced before it is renamed into
+// place; full: the file and then its directory.
+enum class FsyncPolicy : std::uint8_t { none, data, full };
+
+std::string_view ioEngineName(IoEngine engine) noexcept;        // "auto", "io_uring", "pread"
+std::string_view fsyncPolicyName(FsyncPolicy policy) noexcept;  // "none", "data", "full"
+
+struct IoEngineKind {
+  using value_type = IoEngine;
+  static constexpr std::string_view kForm = "auto, io_uring or pread";
+  static Result<value_type> parse(std::string_view text);
+};
+struct FsyncPolicyKind {
+  using value_type = FsyncPolicy;
+  static constexpr std::string_view kForm = "none, data or full";
+  static Result<value_type> parse(std::string_view text);
+};
+
 struct Snapshot {
 #define DP_PARAM(member, NAME, Kind, default_text, help) Kind::value_type member{};
 #include <dualpath/common/params.def>

@@ -1,0 +1,129 @@
+// BlockStore: where Full Blocks live, behind one batch interface.
+//
+// Reading is in three steps, so that an I/O engine can keep many reads in
+// flight while the caller does other work:
+//
+//   ReadBatch batch;
+//   batch.add(id, destination);            // N times: block id -> caller's buffer
+//   DP_TRY(store.submit(batch));            // starts the reads
+//   DP_TRY(store.wait(batch, deadline));    // every read now has its outcome
+//   for (const BlockRead& read : batch.reads()) ... read.status ...
+//
+// Each read ends in exactly one outcome, a Status whose message names the
+// block id (and the file, for the POSIX store):
+//   ok         the destination holds the payload, verified against its checksum;
+//   not_found  no such block;
+//   corrupt    a header field or the payload checksum did not match, or the
+//              block is truncated; the destination's bytes are garbage;
+//   io         the system refused (permissions, EIO, ...), with strerror;
+//   timeout    the deadline passed before the read was seen to complete.
+// Corrupt bytes are never reported as ok. wait() itself fails only on misuse
+// (invalid_usage) or when the engine breaks (io); it returns once every read
+// has its outcome, at the latest shortly after the deadline (the reads still in
+// flight are cancelled, and the store waits for the kernel to let go of their
+// buffers).
+//
+// Writing stores one Full Block atomically: a reader sees the old block, the
+// new block or no block, never a torn one (see posix_block_store.h).
+//
+// Threading: a store is driven by one thread at a time (the loader's I/O
+// thread); calls from several threads need external locking. The destination
+// buffers belong to the store from submit() until wait() returns.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include <dualpath/common/status.h>
+#include <dualpath/loader/block.h>
+
+namespace dualpath::loader {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+
+struct BlockRead {
+  BlockId id;
+  std::span<std::byte> destination;  // exactly model.fullBlockBytes() bytes
+  Status status = Status(StatusCode::again, "not submitted");
+};
+
+// A set of reads, prepared by the caller and driven by one store.
+class ReadBatch {
+ public:
+  ReadBatch() = default;
+  ReadBatch(const ReadBatch&) = delete;
+  ReadBatch& operator=(const ReadBatch&) = delete;
+  ReadBatch(ReadBatch&&) = default;
+  ReadBatch& operator=(ReadBatch&&) = default;
+
+  // Only before submit() or after wait().
+  void add(const BlockId& id, std::span<std::byte> destination);
+  void clear();
+
+  std::span<const BlockRead> reads() const noexcept { return reads_; }
+  std::size_t size() const noexcept { return reads_.size(); }
+  // Reads whose outcome is not ok (valid after wait()).
+  std::size_t failures() const noexcept;
+  bool inFlight() const noexcept { return in_flight_; }
+
+ private:
+  friend class BlockStore;
+  std::vector<BlockRead> reads_;
+  bool in_flight_ = false;
+};
+
+// What a store did, for tests and benchmarks. Counts only grow.
+struct StoreCounters {
+  std::uint64_t reads_ok = 0;
+  std::uint64_t reads_failed = 0;        // every outcome but ok
+  std::uint64_t direct_reads = 0;        // block files opened with O_DIRECT
+  std::uint64_t buffered_reads = 0;      // block files read through the page cache
+  std::uint64_t fixed_buffer_reads = 0;  // payload reads into an io_uring registered buffer
+  std::uint64_t writes = 0;
+  std::uint64_t bytes_read = 0;  // payload bytes of ok reads
+};
+
+class BlockStore {
+ public:
+  virtual ~BlockStore() = default;
+  BlockStore(const BlockStore&) = delete;
+  BlockStore& operator=(const BlockStore&) = delete;
+
+  const ModelSpec& model() const noexcept { return model_; }
+
+  // Starts every read of `batch`. invalid_usage when the batch is in flight,
+  // empty, or a destination is not exactly one Full Block (naming the block).
+  Status submit(ReadBatch& batch);
+
+  // Blocks until every read of `batch` has its outcome or `deadline` passes;
+  // reads not seen to complete by then end as timeout. A deadline already
+  // past ends every read still pending as timeout at once, deterministically.
+  // invalid_usage when the batch was not submitted.
+  Status wait(ReadBatch& batch, Deadline deadline);
+
+  // submit() then wait().
+  Status read(ReadBatch& batch, Deadline deadline);
+
+  // Stores `full_block` (exactly model.fullBlockBytes()) as block `id`,
+  // atomically, replacing any block of that id.
+  virtual Status write(const BlockId& id, std::span<const std::byte> full_block) = 0;
+
+  virtual StoreCounters counters() const = 0;
+
+ protected:
+  explicit BlockStore(ModelSpec model) : model_(std::move(model)) {}
+
+  // Called with every read's status reset to pending; must give each read its
+  // outcome by the end of doWait().
+  virtual Status doSubmit(std::span<BlockRead> reads) = 0;
+  virtual Status doWait(std::span<BlockRead> reads, Deadline deadline) = 0;
+
+ private:
+  ModelSpec model_;
+};
+
+}  // namespace dualpath::loader

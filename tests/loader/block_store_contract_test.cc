@@ -1,0 +1,312 @@
+// The BlockStore contract, run against every back end: the in-memory store and
+// the POSIX store with each io engine. Checks loader/src/block_store.cc,
+// memory_block_store.cc, posix_block_store.cc and both readers.
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <dualpath/loader/block_format.h>
+#include <dualpath/loader/memory_block_store.h>
+#include <dualpath/loader/posix_block_store.h>
+
+#include "store_test_support.h"
+
+namespace dualpath::loader {
+namespace {
+
+using testing::AlignedBuffers;
+using testing::payloadFor;
+using testing::preset;
+using testing::ScratchDir;
+
+enum class Backend { memory, posix_io_uring, posix_pread };
+
+std::string backendName(const ::testing::TestParamInfo<Backend>& info) {
+  switch (info.param) {
+    case Backend::memory:
+      return "memory";
+    case Backend::posix_io_uring:
+      return "posix_io_uring";
+    case Backend::posix_pread:
+      return "posix_pread";
+  }
+  return "unknown";
+}
+
+Deadline later() {
+  return Clock::now() + std::chrono::seconds(30);
+}
+
+class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  // Opens a store of `model`; queue depth 4 so that batches overflow it.
+  void open(const ModelSpec& model) {
+    model_ = model;
+    if (GetParam() == Backend::memory) {
+      Result<std::unique_ptr<MemoryBlockStore>> store = MemoryBlockStore::create(model);
+      ASSERT_TRUE(store.hasValue()) << store.status().toString();
+      memory_ = store->get();
+      store_ = std::move(store).value();
+      return;
+    }
+    PosixBlockStoreOptions options;
+    options.io_engine =
+        GetParam() == Backend::posix_io_uring ? IoEngine::io_uring : IoEngine::pread;
+    options.queue_depth = 4;
+    options.fsync = FsyncPolicy::none;  // durability is not under test here
+    Result<std::unique_ptr<PosixBlockStore>> store =
+        PosixBlockStore::open(scratch_.path(), model, options);
+    ASSERT_TRUE(store.hasValue()) << store.status().toString();
+    posix_ = store->get();
+    EXPECT_EQ(posix_->engine(), options.io_engine);
+    store_ = std::move(store).value();
+  }
+
+  // "block <hex> in memory" or "block <hex> (<path>)": how messages name a block.
+  std::string where(const BlockId& id) const {
+    if (memory_ != nullptr) return fmt::format("block {} in memory", id.toHex());
+    return fmt::format("block {} ({})", id.toHex(), posix_->blockPath(id));
+  }
+
+  // Rewrites the stored form (header + payload) of `id`.
+  void editStored(const BlockId& id, const std::function<void(std::vector<std::byte>&)>& edit) {
+    if (memory_ != nullptr) {
+      std::span<std::byte> stored = memory_->mutableStoredBytes(id);
+      std::vector<std::byte> bytes(stored.begin(), stored.end());
+      edit(bytes);
+      if (bytes.size() <= stored.size()) {
+        std::memcpy(stored.data(), bytes.data(), bytes.size());
+        memory_->truncate(id, bytes.size());
+      }
+      return;
+    }
+    const std::string path = posix_->blockPath(id);
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::byte> bytes(chars.size());
+    std::memcpy(bytes.data(), chars.data(), chars.size());
+    edit(bytes);
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+    ASSERT_TRUE(out.good()) << path;
+  }
+
+  BlockId writeBlock(std::uint64_t n) {
+    const BlockId id{.hi = 0xd00d0000ULL + n, .lo = n * 0x1234567ULL};
+    const std::vector<std::byte> payload = payloadFor(id, model_.fullBlockBytes());
+    EXPECT_TRUE(store_->write(id, payload).isOk());
+    return id;
+  }
+
+  ScratchDir scratch_;
+  ModelSpec model_;
+  std::unique_ptr<BlockStore> store_;
+  MemoryBlockStore* memory_ = nullptr;
+  PosixBlockStore* posix_ = nullptr;
+};
+
+TEST_P(BlockStoreContractTest, WrittenBlocksReadBackByteExact) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("deepseek-v3.2")));
+  constexpr std::size_t kBlocks = 6;
+  std::vector<BlockId> ids;
+  for (std::size_t i = 0; i < kBlocks; ++i) ids.push_back(writeBlock(i));
+  AlignedBuffers buffers(kBlocks, model_.fullBlockBytes());
+  ReadBatch batch;
+  for (std::size_t i = 0; i < kBlocks; ++i) batch.add(ids[i], buffers[i]);
+  ASSERT_TRUE(store_->read(batch, later()).isOk());
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    EXPECT_TRUE(batch.reads()[i].status.isOk()) << batch.reads()[i].status.toString();
+    const std::vector<std::byte> expected = payloadFor(ids[i], model_.fullBlockBytes());
+    EXPECT_EQ(std::memcmp(buffers[i].data(), expected.data(), expected.size()), 0) << i;
+  }
+  EXPECT_EQ(batch.failures(), 0u);
+  const StoreCounters counters = store_->counters();
+  EXPECT_EQ(counters.writes, kBlocks);
+  EXPECT_EQ(counters.reads_ok, kBlocks);
+  EXPECT_EQ(counters.bytes_read, kBlocks * 2'561'024u);
+}
+
+TEST_P(BlockStoreContractTest, ManyReadsOverflowTheQueueDepthAndAllArrive) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  constexpr std::size_t kBlocks = 100;  // 25 x the queue depth
+  std::vector<BlockId> ids;
+  for (std::size_t i = 0; i < kBlocks; ++i) ids.push_back(writeBlock(i));
+  AlignedBuffers buffers(kBlocks, model_.fullBlockBytes());
+  ReadBatch batch;
+  for (std::size_t i = kBlocks; i-- > 0;) batch.add(ids[i], buffers[i]);
+  ASSERT_TRUE(store_->submit(batch).isOk());
+  EXPECT_TRUE(batch.inFlight());
+  ASSERT_TRUE(store_->wait(batch, later()).isOk());
+  EXPECT_FALSE(batch.inFlight());
+  EXPECT_EQ(batch.failures(), 0u);
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    EXPECT_EQ(payloadFor(ids[i], model_.fullBlockBytes()),
+              std::vector<std::byte>(buffers[i].begin(), buffers[i].end()))
+        << i;
+  }
+  // The batch is reusable after wait().
+  batch.clear();
+  batch.add(ids[0], buffers[0]);
+  ASSERT_TRUE(store_->read(batch, later()).isOk());
+  EXPECT_TRUE(batch.reads()[0].status.isOk());
+}
+
+TEST_P(BlockStoreContractTest, AMixedBatchReportsEachOutcomeByBlockId) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  const BlockId present = writeBlock(1);
+  const BlockId missing{.hi = 0xabc, .lo = 0xdef};
+  const BlockId flipped = writeBlock(2);
+  const BlockId geometry = writeBlock(3);
+  const BlockId short_payload = writeBlock(4);
+  const BlockId short_header = writeBlock(5);
+  const BlockId misnamed = writeBlock(6);
+  const BlockId present_too = writeBlock(7);
+
+  editStored(flipped,
+             [](std::vector<std::byte>& b) { b[kBlockHeaderBytes + 100] ^= std::byte{1}; });
+  editStored(geometry, [](std::vector<std::byte>& b) {
+    const std::uint32_t layers = 8;  // the header says 8 layers, and is otherwise sound
+    std::memcpy(b.data() + 16, &layers, 4);
+    const std::uint64_t checksum = XXH3_64bits(b.data(), 64);
+    std::memcpy(b.data() + 64, &checksum, 8);
+  });
+  editStored(short_payload, [](std::vector<std::byte>& b) { b.resize(kBlockHeaderBytes + 1000); });
+  editStored(short_header, [](std::vector<std::byte>& b) { b.resize(10); });
+  // The bytes of block 1 stored under the name of block 6.
+  editStored(misnamed, [&](std::vector<std::byte>& b) {
+    std::memcpy(b.data() + 40, &present.hi, 8);
+    std::memcpy(b.data() + 48, &present.lo, 8);
+    const std::uint64_t checksum = XXH3_64bits(b.data(), 64);
+    std::memcpy(b.data() + 64, &checksum, 8);
+  });
+
+  const BlockId order[] = {present,       missing,      flipped,  geometry,
+                           short_payload, short_header, misnamed, present_too};
+  AlignedBuffers buffers(std::size(order), model_.fullBlockBytes());
+  ReadBatch batch;
+  for (std::size_t i = 0; i < std::size(order); ++i) batch.add(order[i], buffers[i]);
+  ASSERT_TRUE(store_->read(batch, later()).isOk());
+  ASSERT_EQ(batch.size(), std::size(order));
+  const std::span<const BlockRead> reads = batch.reads();
+
+  EXPECT_TRUE(reads[0].status.isOk()) << reads[0].status.toString();
+  EXPECT_TRUE(reads[7].status.isOk()) << reads[7].status.toString();
+  EXPECT_EQ(payloadFor(present, 4096),
+            std::vector<std::byte>(buffers[0].begin(), buffers[0].end()));
+
+  EXPECT_EQ(reads[1].status.code(), StatusCode::not_found);
+  EXPECT_EQ(reads[1].status.message(),
+            where(missing) + (memory_ != nullptr ? ": absent" : ": no such block"));
+
+  EXPECT_EQ(reads[2].status.code(), StatusCode::corrupt);
+  EXPECT_EQ(reads[2].status.message().rfind(where(flipped) + ": payload checksum ", 0), 0u)
+      << reads[2].status.message();
+
+  EXPECT_EQ(reads[3].status.code(), StatusCode::corrupt);
+  EXPECT_EQ(
+      reads[3].status.message(),
+      where(geometry) +
+          ": geometry 8 layers x 16 tokens x 64 B, the store's model 'tiny' is 4 x 16 x 64 B");
+
+  EXPECT_EQ(reads[4].status.code(), StatusCode::corrupt);
+  EXPECT_EQ(reads[4].status.message(),
+            where(short_payload) + ": truncated payload: 1000 of 4096 bytes");
+
+  EXPECT_EQ(reads[5].status.code(), StatusCode::corrupt);
+  EXPECT_EQ(reads[5].status.message(),
+            where(short_header) + ": truncated header: 10 of 4096 bytes");
+
+  EXPECT_EQ(reads[6].status.code(), StatusCode::corrupt);
+  EXPECT_EQ(reads[6].status.message(), where(misnamed) + ": header names block " + present.toHex());
+
+  EXPECT_EQ(batch.failures(), 6u);
+  const StoreCounters counters = store_->counters();
+  EXPECT_EQ(counters.reads_ok, 2u);
+  EXPECT_EQ(counters.reads_failed, 6u);
+}
+
+TEST_P(BlockStoreContractTest, APastDeadlineEndsEveryReadAsTimeout) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  constexpr std::size_t kBlocks = 10;
+  std::vector<BlockId> ids;
+  for (std::size_t i = 0; i < kBlocks; ++i) ids.push_back(writeBlock(i));
+  AlignedBuffers buffers(kBlocks, model_.fullBlockBytes());
+  ReadBatch batch;
+  for (std::size_t i = 0; i < kBlocks; ++i) batch.add(ids[i], buffers[i]);
+  ASSERT_TRUE(store_->submit(batch).isOk());
+  ASSERT_TRUE(store_->wait(batch, Clock::now() - std::chrono::seconds(1)).isOk());
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    const Status& status = batch.reads()[i].status;
+    EXPECT_EQ(status.code(), StatusCode::timeout) << status.toString();
+    const std::string expected_tail =
+        memory_ != nullptr ? ": the deadline passed before the read started"
+                           : ": timed out: the deadline passed before the read completed";
+    EXPECT_EQ(status.message(), where(ids[i]) + expected_tail);
+  }
+  // The store is usable afterwards: the same batch reads ok with time to spare.
+  ASSERT_TRUE(store_->read(batch, later()).isOk());
+  EXPECT_EQ(batch.failures(), 0u);
+}
+
+TEST_P(BlockStoreContractTest, AWriteReplacesTheBlock) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  const BlockId id = writeBlock(1);
+  const std::vector<std::byte> second = payloadFor(BlockId{.hi = 9, .lo = 9}, 4096);
+  ASSERT_TRUE(store_->write(id, second).isOk());
+  AlignedBuffers buffers(1, 4096);
+  ReadBatch batch;
+  batch.add(id, buffers[0]);
+  ASSERT_TRUE(store_->read(batch, later()).isOk());
+  ASSERT_TRUE(batch.reads()[0].status.isOk());
+  EXPECT_EQ(second, std::vector<std::byte>(buffers[0].begin(), buffers[0].end()));
+}
+
+TEST_P(BlockStoreContractTest, MisuseIsRefusedWithTheReason) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  const BlockId id = writeBlock(1);
+  ReadBatch batch;
+  EXPECT_EQ(store_->submit(batch).message(), "submit: the batch is empty");
+  EXPECT_EQ(store_->wait(batch, later()).message(), "wait: the batch was not submitted");
+
+  std::vector<std::byte> small(100);
+  batch.add(id, small);
+  const Status wrong_size = store_->submit(batch);
+  EXPECT_EQ(wrong_size.code(), StatusCode::invalid_usage);
+  EXPECT_EQ(wrong_size.message(), fmt::format("submit: block {}: destination is 100 B, a Full "
+                                              "Block of 'tiny' is 4096 B",
+                                              id.toHex()));
+  EXPECT_FALSE(batch.inFlight());
+
+  AlignedBuffers buffers(1, 4096);
+  batch.clear();
+  batch.add(id, buffers[0]);
+  ASSERT_TRUE(store_->submit(batch).isOk());
+  EXPECT_EQ(store_->submit(batch).message(), "submit: the batch is already in flight");
+  ASSERT_TRUE(store_->wait(batch, later()).isOk());
+  EXPECT_TRUE(batch.reads()[0].status.isOk());
+
+  const Status bad_write = store_->write(id, small);
+  EXPECT_EQ(bad_write.code(), StatusCode::invalid_usage);
+  EXPECT_EQ(
+      bad_write.message(),
+      fmt::format("write: block {}: 100 B given, a Full Block of 'tiny' is 4096 B", id.toHex()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BlockStoreContractTest,
+                         ::testing::Values(Backend::memory, Backend::posix_io_uring,
+                                           Backend::posix_pread),
+                         backendName);
+
+}  // namespace
+}  // namespace dualpath::loader
