@@ -1,0 +1,360 @@
+#include "relay_protocol.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace dualpath::loader::relay {
+namespace {
+
+// Explicit little-endian, byte by byte: no dependence on the host's order.
+class Writer {
+ public:
+  explicit Writer(std::vector<std::byte>& out) : out_(out) { out_.clear(); }
+  void u8(std::uint8_t v) { out_.push_back(static_cast<std::byte>(v)); }
+  void u16(std::uint16_t v) { le(v, 2); }
+  void u32(std::uint32_t v) { le(v, 4); }
+  void u64(std::uint64_t v) { le(v, 8); }
+  void bytes(std::span<const std::byte> b) { out_.insert(out_.end(), b.begin(), b.end()); }
+  void text(std::string_view t) {
+    const auto* p = reinterpret_cast<const std::byte*>(t.data());
+    out_.insert(out_.end(), p, p + t.size());
+  }
+  // Writes the common header; the length is patched by finish().
+  void header(MessageKind kind, std::uint64_t request_id) {
+    u8(kRelayProtocolVersion);
+    u8(static_cast<std::uint8_t>(kind));
+    u16(0);
+    u32(0);
+    u64(request_id);
+  }
+  void finish() {
+    const auto size = static_cast<std::uint32_t>(out_.size());
+    for (int i = 0; i < 4; ++i) out_[4 + i] = static_cast<std::byte>((size >> (8 * i)) & 0xff);
+  }
+
+ private:
+  void le(std::uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) out_.push_back(static_cast<std::byte>((v >> (8 * i)) & 0xff));
+  }
+  std::vector<std::byte>& out_;
+};
+
+class Reader {
+ public:
+  // `base`: where `in` starts in the message, so errors give message offsets.
+  explicit Reader(std::span<const std::byte> in, std::size_t base = 0) : in_(in), base_(base) {}
+  std::size_t remaining() const noexcept { return in_.size() - at_; }
+  // Each getter names the field when the message is too short.
+  Result<std::uint64_t> le(int n, std::string_view field) {
+    if (remaining() < static_cast<std::size_t>(n)) return shortError(field, n);
+    std::uint64_t v = 0;
+    for (int i = 0; i < n; ++i)
+      v |= std::uint64_t{std::to_integer<std::uint8_t>(in_[at_ + i])} << (8 * i);
+    at_ += static_cast<std::size_t>(n);
+    return v;
+  }
+  Result<std::span<const std::byte>> bytes(std::size_t n, std::string_view field) {
+    if (remaining() < n) return shortError(field, n);
+    auto out = in_.subspan(at_, n);
+    at_ += n;
+    return out;
+  }
+
+ private:
+  Status shortError(std::string_view field, std::size_t n) const {
+    return Status(StatusCode::corrupt,
+                  fmt::format("relay message: {}: needs {} B at offset {}, the message has {} B",
+                              field, n, base_ + at_, base_ + in_.size()));
+  }
+  std::span<const std::byte> in_;
+  std::size_t base_;
+  std::size_t at_ = 0;
+};
+
+Status fieldError(std::string_view kind, std::string_view field, std::string_view problem) {
+  return Status(StatusCode::corrupt, fmt::format("relay {} message: {}: {}", kind, field, problem));
+}
+
+std::string_view cutText(const std::string& text) {
+  return std::string_view(text).substr(0, kMaxTextBytes);
+}
+
+// A status code from the wire: any defined code; `allow_ok` for done.
+Result<StatusCode> decodeCode(std::uint8_t raw, bool allow_ok, std::string_view kind) {
+  if (raw > static_cast<std::uint8_t>(StatusCode::internal) ||
+      (!allow_ok && raw == static_cast<std::uint8_t>(StatusCode::ok)) ||
+      raw == static_cast<std::uint8_t>(StatusCode::again)) {
+    return fieldError(kind, "status code",
+                      fmt::format("{} is not a {}status code", raw, allow_ok ? "" : "failure "));
+  }
+  return static_cast<StatusCode>(raw);
+}
+
+Result<Header> expectKind(std::span<const std::byte> message, MessageKind kind) {
+  DP_TRY_ASSIGN(Header header, decodeHeader(message));
+  if (header.kind != kind) {
+    return Status(StatusCode::corrupt, fmt::format("relay message: kind: {}, expected {}",
+                                                   kindName(header.kind), kindName(kind)));
+  }
+  return header;
+}
+
+Status expectEnd(const Reader& reader, std::string_view kind) {
+  if (reader.remaining() != 0) {
+    return fieldError(kind, "length",
+                      fmt::format("{} B left over after the last field", reader.remaining()));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+std::string_view kindName(MessageKind kind) noexcept {
+  switch (kind) {
+    case MessageKind::request:
+      return "request";
+    case MessageKind::cancel:
+      return "cancel";
+    case MessageKind::block_failed:
+      return "block_failed";
+    case MessageKind::layer_landed:
+      return "layer_landed";
+    case MessageKind::done:
+      return "done";
+  }
+  return "unknown";
+}
+
+Status encode(const RequestMessage& m, std::vector<std::byte>& out) {
+  if (m.blocks.empty() || m.blocks.size() > kMaxRelayBlocks) {
+    return Status(StatusCode::invalid_usage,
+                  fmt::format("relay request {}: {} blocks; 1 to {} fit one request", m.request_id,
+                              m.blocks.size(), kMaxRelayBlocks));
+  }
+  if (m.remote_key.empty() || m.remote_key.size() > kMaxRemoteKeyBytes) {
+    return Status(StatusCode::invalid_usage,
+                  fmt::format("relay request {}: a {}-byte remote key; 1 to {} B fit", m.request_id,
+                              m.remote_key.size(), kMaxRemoteKeyBytes));
+  }
+  Writer w(out);
+  w.header(MessageKind::request, m.request_id);
+  w.u32(m.layers);
+  w.u32(m.block_tokens);
+  w.u32(m.kv_bytes_per_token_per_layer);
+  w.u32(m.budget_ms);
+  w.u64(m.region_base);
+  w.u64(m.region_length);
+  w.u32(static_cast<std::uint32_t>(m.remote_key.size()));
+  w.u32(static_cast<std::uint32_t>(m.blocks.size()));
+  w.bytes(m.remote_key);
+  for (const RequestBlock& b : m.blocks) {
+    w.u64(b.id.hi);
+    w.u64(b.id.lo);
+    w.u64(b.slot_offset);
+  }
+  w.finish();
+  return Status::ok();
+}
+
+void encodeCancel(std::uint64_t request_id, std::vector<std::byte>& out) {
+  Writer w(out);
+  w.header(MessageKind::cancel, request_id);
+  w.finish();
+}
+
+void encode(const BlockFailedMessage& m, std::vector<std::byte>& out) {
+  const std::string_view text = cutText(m.status.message());
+  Writer w(out);
+  w.header(MessageKind::block_failed, m.request_id);
+  w.u32(m.block_index);
+  w.u8(static_cast<std::uint8_t>(m.status.code()));
+  w.u8(0);
+  w.u16(static_cast<std::uint16_t>(text.size()));
+  w.u64(m.block.hi);
+  w.u64(m.block.lo);
+  w.text(text);
+  w.finish();
+}
+
+void encode(const LayerLandedMessage& m, std::vector<std::byte>& out) {
+  Writer w(out);
+  w.header(MessageKind::layer_landed, m.request_id);
+  w.u32(m.layer);
+  w.u32(m.blocks);
+  w.finish();
+}
+
+void encode(const DoneMessage& m, std::vector<std::byte>& out) {
+  const std::string_view text = cutText(m.status.message());
+  Writer w(out);
+  w.header(MessageKind::done, m.request_id);
+  w.u8(static_cast<std::uint8_t>(m.status.code()));
+  w.u8(0);
+  w.u16(static_cast<std::uint16_t>(text.size()));
+  w.u32(m.layers_landed);
+  w.u32(m.blocks_failed);
+  w.text(text);
+  w.finish();
+}
+
+Result<Header> decodeHeader(std::span<const std::byte> message) {
+  Reader r(message);
+  Header h;
+  DP_TRY_ASSIGN(std::uint64_t version, r.le(1, "version"));
+  if (version != kRelayProtocolVersion) {
+    return Status(StatusCode::corrupt, fmt::format("relay message: version: {}, expected {}",
+                                                   version, kRelayProtocolVersion));
+  }
+  h.version = static_cast<std::uint8_t>(version);
+  DP_TRY_ASSIGN(std::uint64_t kind, r.le(1, "kind"));
+  if (kind < static_cast<std::uint8_t>(MessageKind::request) ||
+      kind > static_cast<std::uint8_t>(MessageKind::done)) {
+    return Status(StatusCode::corrupt,
+                  fmt::format("relay message: kind: {} is not a relay message kind", kind));
+  }
+  h.kind = static_cast<MessageKind>(kind);
+  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(2, "reserved"));
+  if (reserved != 0) {
+    return Status(StatusCode::corrupt,
+                  fmt::format("relay message: reserved: {:#x}, expected 0", reserved));
+  }
+  DP_TRY_ASSIGN(std::uint64_t bytes, r.le(4, "length"));
+  if (bytes != message.size()) {
+    return Status(StatusCode::corrupt, fmt::format("relay message: length: {} B declared, {} B "
+                                                   "received",
+                                                   bytes, message.size()));
+  }
+  h.bytes = static_cast<std::uint32_t>(bytes);
+  DP_TRY_ASSIGN(h.request_id, r.le(8, "request id"));
+  return h;
+}
+
+Result<RequestMessage> decodeRequest(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::request));
+  constexpr std::string_view kKind = "request";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  RequestMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers"));
+  DP_TRY_ASSIGN(std::uint64_t tokens, r.le(4, "block tokens"));
+  DP_TRY_ASSIGN(std::uint64_t kv_bytes, r.le(4, "kv bytes per token per layer"));
+  DP_TRY_ASSIGN(std::uint64_t budget, r.le(4, "budget ms"));
+  DP_TRY_ASSIGN(m.region_base, r.le(8, "region base"));
+  DP_TRY_ASSIGN(m.region_length, r.le(8, "region length"));
+  DP_TRY_ASSIGN(std::uint64_t key_bytes, r.le(4, "remote key bytes"));
+  DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
+  if (layers == 0) return fieldError(kKind, "layers", "0");
+  if (tokens == 0) return fieldError(kKind, "block tokens", "0");
+  if (kv_bytes == 0) return fieldError(kKind, "kv bytes per token per layer", "0");
+  if (key_bytes == 0 || key_bytes > kMaxRemoteKeyBytes) {
+    return fieldError(kKind, "remote key bytes",
+                      fmt::format("{}, expected 1 to {}", key_bytes, kMaxRemoteKeyBytes));
+  }
+  if (count == 0 || count > kMaxRelayBlocks) {
+    return fieldError(kKind, "block count",
+                      fmt::format("{}, expected 1 to {}", count, kMaxRelayBlocks));
+  }
+  if (r.remaining() != key_bytes + count * kRequestBlockBytes) {
+    return fieldError(
+        kKind, "length",
+        fmt::format("{} B of key and blocks, expected {} B for a {}-byte key and {} "
+                    "blocks",
+                    r.remaining(), key_bytes + count * kRequestBlockBytes, key_bytes, count));
+  }
+  m.layers = static_cast<std::uint32_t>(layers);
+  m.block_tokens = static_cast<std::uint32_t>(tokens);
+  m.kv_bytes_per_token_per_layer = static_cast<std::uint32_t>(kv_bytes);
+  m.budget_ms = static_cast<std::uint32_t>(budget);
+  DP_TRY_ASSIGN(auto key, r.bytes(key_bytes, "remote key"));
+  m.remote_key.assign(key.begin(), key.end());
+  m.blocks.resize(count);
+  for (RequestBlock& b : m.blocks) {
+    DP_TRY_ASSIGN(b.id.hi, r.le(8, "block id"));
+    DP_TRY_ASSIGN(b.id.lo, r.le(8, "block id"));
+    DP_TRY_ASSIGN(b.slot_offset, r.le(8, "slot offset"));
+  }
+  DP_TRY(expectEnd(r, kKind));
+  return m;
+}
+
+Result<BlockFailedMessage> decodeBlockFailed(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::block_failed));
+  constexpr std::string_view kKind = "block_failed";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  BlockFailedMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(std::uint64_t index, r.le(4, "block index"));
+  DP_TRY_ASSIGN(std::uint64_t raw_code, r.le(1, "status code"));
+  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(1, "reserved"));
+  DP_TRY_ASSIGN(std::uint64_t text_bytes, r.le(2, "message bytes"));
+  DP_TRY_ASSIGN(m.block.hi, r.le(8, "block id"));
+  DP_TRY_ASSIGN(m.block.lo, r.le(8, "block id"));
+  DP_TRY_ASSIGN(StatusCode code, decodeCode(static_cast<std::uint8_t>(raw_code), false, kKind));
+  if (reserved != 0)
+    return fieldError(kKind, "reserved", fmt::format("{:#x}, expected 0", reserved));
+  if (text_bytes > kMaxTextBytes || text_bytes != r.remaining()) {
+    return fieldError(
+        kKind, "message bytes",
+        fmt::format("{}, with {} B left (at most {})", text_bytes, r.remaining(), kMaxTextBytes));
+  }
+  DP_TRY_ASSIGN(auto text, r.bytes(text_bytes, "message"));
+  m.block_index = static_cast<std::uint32_t>(index);
+  m.status = Status(code, std::string(reinterpret_cast<const char*>(text.data()), text.size()));
+  return m;
+}
+
+Result<LayerLandedMessage> decodeLayerLanded(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::layer_landed));
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  LayerLandedMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(std::uint64_t layer, r.le(4, "layer"));
+  DP_TRY_ASSIGN(std::uint64_t blocks, r.le(4, "blocks"));
+  DP_TRY(expectEnd(r, "layer_landed"));
+  m.layer = static_cast<std::uint32_t>(layer);
+  m.blocks = static_cast<std::uint32_t>(blocks);
+  return m;
+}
+
+Result<DoneMessage> decodeDone(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::done));
+  constexpr std::string_view kKind = "done";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  DoneMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(std::uint64_t raw_code, r.le(1, "status code"));
+  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(1, "reserved"));
+  DP_TRY_ASSIGN(std::uint64_t text_bytes, r.le(2, "message bytes"));
+  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers landed"));
+  DP_TRY_ASSIGN(std::uint64_t failed, r.le(4, "blocks failed"));
+  DP_TRY_ASSIGN(StatusCode code, decodeCode(static_cast<std::uint8_t>(raw_code), true, kKind));
+  if (reserved != 0)
+    return fieldError(kKind, "reserved", fmt::format("{:#x}, expected 0", reserved));
+  if (text_bytes > kMaxTextBytes || text_bytes != r.remaining()) {
+    return fieldError(
+        kKind, "message bytes",
+        fmt::format("{}, with {} B left (at most {})", text_bytes, r.remaining(), kMaxTextBytes));
+  }
+  DP_TRY_ASSIGN(auto text, r.bytes(text_bytes, "message"));
+  if (code == StatusCode::ok && text_bytes != 0) {
+    return fieldError(kKind, "message bytes", "an ok status carries no message");
+  }
+  m.status =
+      code == StatusCode::ok
+          ? Status::ok()
+          : Status(code, std::string(reinterpret_cast<const char*>(text.data()), text.size()));
+  m.layers_landed = static_cast<std::uint32_t>(layers);
+  m.blocks_failed = static_cast<std::uint32_t>(failed);
+  return m;
+}
+
+Result<std::uint64_t> decodeCancel(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::cancel));
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  DP_TRY(expectEnd(r, "cancel"));
+  return header.request_id;
+}
+
+}  // namespace dualpath::loader::relay

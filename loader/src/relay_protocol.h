@@ -1,0 +1,154 @@
+// The KV relay's wire format (private to the loader; docs/loader.md, "The KV relay").
+//
+// Every message starts with the same 16 bytes, all integers little-endian:
+//
+//   offset size field
+//        0    1 version (kRelayProtocolVersion)
+//        1    1 kind (MessageKind)
+//        2    2 reserved, zero
+//        4    4 message bytes, header included (must equal the received size)
+//        8    8 request id
+//
+// then a body per kind (the offsets below are from the start of the message):
+//
+//   request (PE -> DE)
+//       16    4 layers            \  the model geometry: both ends must agree
+//       20    4 block tokens       |
+//       24    4 KV bytes per token per layer /
+//       28    4 budget ms: the request's deadline, relative to when it was sent
+//       32    8 PE region base (the remote address of the PE buffer)
+//       40    8 PE region length
+//       48    4 remote key bytes (k, 1 to kMaxRemoteKeyBytes)
+//       52    4 block count (n, 1 to kMaxRelayBlocks)
+//       56    k remote key (Endpoint::importRemote's packed key)
+//     56+k 24n  per block: id hi (8), id lo (8), slot offset in the PE region (8)
+//   cancel (PE -> DE): no body.
+//   block_failed (DE -> PE)
+//       16    4 block index in the request
+//       20    1 status code (the DE store's outcome: not_found, corrupt, io, timeout)
+//       21    1 reserved, zero
+//       22    2 message bytes (m, at most kMaxTextBytes)
+//       24   16 block id (hi, lo)
+//       40    m message, UTF-8
+//   layer_landed (DE -> PE)
+//       16    4 layer
+//       20    4 blocks whose Layer Block landed
+//   done (DE -> PE): the last message of a request
+//       16    1 status code (ok, or why the relay ended)
+//       17    1 reserved, zero
+//       18    2 message bytes (m, at most kMaxTextBytes)
+//       20    4 layers landed
+//       24    4 blocks failed
+//       28    m message, UTF-8
+//
+// Threading: pure functions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <dualpath/common/status.h>
+#include <dualpath/loader/block.h>
+
+namespace dualpath::loader::relay {
+
+inline constexpr std::uint8_t kRelayProtocolVersion = 1;
+inline constexpr std::size_t kHeaderBytes = 16;
+inline constexpr std::size_t kMaxRelayBlocks = 4096;
+inline constexpr std::size_t kMaxRemoteKeyBytes = 4096;
+inline constexpr std::size_t kMaxTextBytes = 512;
+inline constexpr std::size_t kRequestFixedBytes = 56;
+inline constexpr std::size_t kRequestBlockBytes = 24;
+// Receive buffers: a control receive (PE -> DE) holds the largest request; a
+// notice receive (DE -> PE) the largest notice.
+inline constexpr std::size_t kMaxControlBytes =
+    kRequestFixedBytes + kMaxRemoteKeyBytes + kMaxRelayBlocks * kRequestBlockBytes;
+inline constexpr std::size_t kMaxNoticeBytes = 40 + kMaxTextBytes;
+
+// Transport tags: each tag is its own ordered stream (the k-th send of a tag
+// meets the k-th receive of that tag), so each direction uses one tag and
+// the relay's order of messages is the order of posting.
+inline constexpr std::uint32_t kControlTag = 0x4b56;  // PE -> DE ("KV")
+inline constexpr std::uint32_t kNoticeTag = 0x4b57;   // DE -> PE
+
+enum class MessageKind : std::uint8_t {
+  request = 1,
+  cancel = 2,
+  block_failed = 3,
+  layer_landed = 4,
+  done = 5,
+};
+
+struct RequestBlock {
+  BlockId id;
+  std::uint64_t slot_offset = 0;
+};
+
+struct RequestMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t layers = 0;
+  std::uint32_t block_tokens = 0;
+  std::uint32_t kv_bytes_per_token_per_layer = 0;
+  std::uint32_t budget_ms = 0;
+  std::uint64_t region_base = 0;
+  std::uint64_t region_length = 0;
+  std::vector<std::byte> remote_key;
+  std::vector<RequestBlock> blocks;
+};
+
+struct BlockFailedMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t block_index = 0;
+  BlockId block;
+  Status status;  // never ok
+};
+
+struct LayerLandedMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t layer = 0;
+  std::uint32_t blocks = 0;
+};
+
+struct DoneMessage {
+  std::uint64_t request_id = 0;
+  Status status;
+  std::uint32_t layers_landed = 0;
+  std::uint32_t blocks_failed = 0;
+};
+
+// Encoders append to `out` (cleared first). Text longer than kMaxTextBytes is
+// cut. A request with more than kMaxRelayBlocks blocks or a key outside
+// [1, kMaxRemoteKeyBytes] is the caller's bug: invalid_usage.
+Status encode(const RequestMessage& message, std::vector<std::byte>& out);
+void encodeCancel(std::uint64_t request_id, std::vector<std::byte>& out);
+void encode(const BlockFailedMessage& message, std::vector<std::byte>& out);
+void encode(const LayerLandedMessage& message, std::vector<std::byte>& out);
+void encode(const DoneMessage& message, std::vector<std::byte>& out);
+
+struct Header {
+  std::uint8_t version = 0;
+  MessageKind kind{};
+  std::uint32_t bytes = 0;
+  std::uint64_t request_id = 0;
+};
+
+// Checks version, kind, the reserved field and the length against the bytes
+// received. Errors are corrupt and name the field: "relay message: version:
+// 2, expected 1".
+Result<Header> decodeHeader(std::span<const std::byte> message);
+
+// Each decoder checks the header (and that it is of its kind), then every
+// body field. Errors are corrupt and name the field.
+Result<RequestMessage> decodeRequest(std::span<const std::byte> message);
+Result<BlockFailedMessage> decodeBlockFailed(std::span<const std::byte> message);
+Result<LayerLandedMessage> decodeLayerLanded(std::span<const std::byte> message);
+Result<DoneMessage> decodeDone(std::span<const std::byte> message);
+// A cancel: the header alone. Returns its request id.
+Result<std::uint64_t> decodeCancel(std::span<const std::byte> message);
+
+std::string_view kindName(MessageKind kind) noexcept;
+
+}  // namespace dualpath::loader::relay
