@@ -27,6 +27,16 @@ void computeLayer() {
   while (std::chrono::steady_clock::now() < until) benchmark::ClobberMemory();
 }
 
+// Layer l is bytes [l x bytes, (l + 1) x bytes) of both buffers.
+LayerwiseLoad oneSegmentPerLayer(const std::vector<std::byte>& host, std::vector<std::byte>& device,
+                                 std::size_t bytes) {
+  LayerwiseLoad load{.request_id = 1, .layers = {}, .sources_ready = true};
+  for (std::uint32_t l = 0; l < kLayers; ++l) {
+    load.layers.push_back({{host.data() + l * bytes, device.data() + l * bytes, bytes}});
+  }
+  return load;
+}
+
 void BM_ComputeOnly(benchmark::State& state) {
   for (auto _ : state) {
     for (std::uint32_t l = 0; l < kLayers; ++l) computeLayer();
@@ -42,12 +52,8 @@ void BM_LayerwiseLoad(benchmark::State& state) {
   auto engine = std::move(
       makeHostCopyEngine({.lookahead = static_cast<std::uint32_t>(state.range(1))}).value());
   for (auto _ : state) {
-    LayerwiseLoad load{.request_id = 1, .layers = {}, .sources_ready = true};
-    for (std::uint32_t l = 0; l < kLayers; ++l) {
-      load.layers.push_back({{host.data() + l * bytes, device.data() + l * bytes, bytes}});
-    }
     const auto deadline = CopyClock::now() + std::chrono::seconds(30);
-    if (!engine->startLoad(std::move(load))) std::abort();
+    if (!engine->startLoad(oneSegmentPerLayer(host, device, bytes))) std::abort();
     for (std::uint32_t l = 0; l < kLayers; ++l) {
       if (!engine->waitForLayer(l, deadline)) std::abort();
       computeLayer();
@@ -71,12 +77,8 @@ void BM_CopiesOnly(benchmark::State& state) {
   std::vector<std::byte> device(host.size());
   auto engine = std::move(makeHostCopyEngine({.lookahead = 2}).value());
   for (auto _ : state) {
-    LayerwiseLoad load{.request_id = 1, .layers = {}, .sources_ready = true};
-    for (std::uint32_t l = 0; l < kLayers; ++l) {
-      load.layers.push_back({{host.data() + l * bytes, device.data() + l * bytes, bytes}});
-    }
     const auto deadline = CopyClock::now() + std::chrono::seconds(30);
-    if (!engine->startLoad(std::move(load))) std::abort();
+    if (!engine->startLoad(oneSegmentPerLayer(host, device, bytes))) std::abort();
     if (!engine->finish(deadline)) std::abort();
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * host.size()));
