@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -34,10 +35,32 @@ Status BlockStore::submit(ReadBatch& batch) {
     }
   }
   for (BlockRead& read : batch.reads_) read.status = Status(StatusCode::again, "pending");
+  if (limiter_ != nullptr) {
+    const Clock::time_point now = Clock::now();
+    for (BlockRead& read : batch.reads_) read.emulated_delivery = limiter_->reserve(full_block, now);
+  }
   Status submitted = doSubmit(batch.reads_);
   // Whatever doSubmit started must still be reaped by wait().
   batch.in_flight_ = true;
   return submitted;
+}
+
+void BlockStore::holdBackForEmulatedNic(std::span<BlockRead> reads, Deadline deadline) const {
+  Clock::time_point delivered{};
+  for (BlockRead& read : reads) {
+    if (!read.status.isOk()) continue;
+    if (read.emulated_delivery > deadline) {
+      read.status = Status(StatusCode::timeout,
+                           fmt::format("block {}: timed out: the {} delivers it only after the "
+                                       "deadline",
+                                       read.id.toHex(), limiter_->describe()));
+    } else {
+      delivered = std::max(delivered, read.emulated_delivery);
+    }
+  }
+  // The emulated link is slower than the storage: completion waits for it.
+  // Bounded: no delivery kept as ok is later than the deadline.
+  std::this_thread::sleep_until(delivered);
 }
 
 Status BlockStore::wait(ReadBatch& batch, Deadline deadline) {
@@ -45,6 +68,7 @@ Status BlockStore::wait(ReadBatch& batch, Deadline deadline) {
     return Status(StatusCode::invalid_usage, "wait: the batch was not submitted");
   Status waited = doWait(batch.reads_, deadline);
   batch.in_flight_ = false;
+  if (limiter_ != nullptr) holdBackForEmulatedNic(batch.reads_, deadline);
   return waited;
 }
 

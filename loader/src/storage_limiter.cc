@@ -42,7 +42,7 @@ StorageRateLimiter::Clock::time_point StorageRateLimiter::reserve(std::uint64_t 
 }
 
 std::string StorageRateLimiter::describe() const {
-  return fmt::format("emulated storage NIC: {}, burst {}",
+  return fmt::format("emulated storage NIC ({}, burst {})",
                      formatBitRate(static_cast<BitsPerSecond>(std::llround(rate_ * 8))),
                      formatBytes(static_cast<Bytes>(burst_)));
 }

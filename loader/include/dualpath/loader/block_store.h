@@ -39,6 +39,7 @@
 
 #include <dualpath/common/status.h>
 #include <dualpath/loader/block.h>
+#include <dualpath/loader/storage_limiter.h>
 
 namespace dualpath::loader {
 
@@ -49,6 +50,8 @@ struct BlockRead {
   BlockId id;
   std::span<std::byte> destination;  // exactly model.fullBlockBytes() bytes
   Status status = Status(StatusCode::again, "not submitted");
+  // With an emulated storage NIC: when the emulated link delivers this read.
+  Clock::time_point emulated_delivery{};
 };
 
 // A set of reads, prepared by the caller and driven by one store.
@@ -114,6 +117,16 @@ class BlockStore {
 
   virtual StoreCounters counters() const = 0;
 
+  // Emulates this node's storage NIC (storage_limiter.h): each read takes its
+  // Full Block's bytes from `limiter` at submit(), and wait() holds its
+  // completion back until the emulated link has delivered it; a read the link
+  // delivers only after the deadline ends as timeout, naming the emulated
+  // link. nullptr (the default) reads at full speed. The limiter must outlive
+  // the store, and may be shared by the stores of one node. counters() count
+  // what the storage itself did, before the emulation.
+  void emulateStorageNic(StorageRateLimiter* limiter) noexcept { limiter_ = limiter; }
+  const StorageRateLimiter* emulatedStorageNic() const noexcept { return limiter_; }
+
  protected:
   explicit BlockStore(ModelSpec model) : model_(std::move(model)) {}
 
@@ -123,7 +136,10 @@ class BlockStore {
   virtual Status doWait(std::span<BlockRead> reads, Deadline deadline) = 0;
 
  private:
+  void holdBackForEmulatedNic(std::span<BlockRead> reads, Deadline deadline) const;
+
   ModelSpec model_;
+  StorageRateLimiter* limiter_ = nullptr;
 };
 
 }  // namespace dualpath::loader

@@ -37,7 +37,7 @@ class StorageRateLimiter {
   Clock::time_point reserve(std::uint64_t bytes, Clock::time_point now);
 
   double bytesPerSecond() const noexcept { return rate_; }
-  // "emulated storage NIC: 10gbit, burst 8MiB"
+  // "emulated storage NIC (10gbit, burst 8MiB)"
   std::string describe() const;
 
  private:
