@@ -61,6 +61,37 @@ void reportIdle(Scheduler& scheduler) {
   }
 }
 
+// The benchmark's stream of requests. After each pass over them every group
+// reports idle engines, outside the timed region, so the cluster stays in a
+// steady state instead of filling up.
+class SteadyStream {
+ public:
+  SteadyStream(Scheduler& scheduler, std::size_t nodes)
+      : scheduler_(scheduler), requests_(agenticRequests(kDecisionsPerNodeBetweenReports * nodes)) {
+    out_.reserve(requests_.size());
+  }
+
+  // Call before timing a decision: the reset is not part of it.
+  void resetIfExhausted(benchmark::State& state) {
+    if (next_ < requests_.size()) return;
+    state.PauseTiming();
+    reportIdle(scheduler_);
+    out_.clear();
+    next_ = 0;
+    state.ResumeTiming();
+  }
+  void submitNext() {
+    if (!scheduler_.submit(requests_[next_++])) std::abort();
+  }
+  std::vector<Assignment>& assignments() noexcept { return out_; }
+
+ private:
+  Scheduler& scheduler_;
+  const std::vector<Request> requests_;
+  std::vector<Assignment> out_;
+  std::size_t next_ = 0;
+};
+
 double percentile(std::vector<double>& samples, double fraction) {
   const auto at = static_cast<std::ptrdiff_t>(fraction * static_cast<double>(samples.size() - 1));
   std::nth_element(samples.begin(), samples.begin() + at, samples.end());
@@ -73,24 +104,14 @@ double percentile(std::vector<double>& samples, double fraction) {
 void decisions(benchmark::State& state, std::uint32_t prefill_nodes, std::uint32_t decode_nodes,
                std::string_view policy) {
   Scheduler scheduler = paperScheduler(prefill_nodes, decode_nodes, policy, 1);
-  const std::vector<Request> requests =
-      agenticRequests(kDecisionsPerNodeBetweenReports * (prefill_nodes + decode_nodes));
-  std::vector<Assignment> out;
-  out.reserve(requests.size());
+  SteadyStream stream(scheduler, prefill_nodes + decode_nodes);
   std::vector<double> nanoseconds;
   nanoseconds.reserve(1 << 20);
-  std::size_t next = 0;
   for (auto _ : state) {
-    if (next == requests.size()) {
-      state.PauseTiming();
-      reportIdle(scheduler);
-      out.clear();
-      next = 0;
-      state.ResumeTiming();
-    }
+    stream.resetIfExhausted(state);
     const auto start = std::chrono::steady_clock::now();
-    if (!scheduler.submit(requests[next++])) std::abort();
-    if (scheduler.scheduleRound(out).assigned != 1) std::abort();
+    stream.submitNext();
+    if (scheduler.scheduleRound(stream.assignments()).assigned != 1) std::abort();
     const auto stop = std::chrono::steady_clock::now();
     if (nanoseconds.size() < nanoseconds.capacity()) {
       nanoseconds.push_back(std::chrono::duration<double, std::nano>(stop - start).count());
@@ -115,22 +136,13 @@ BENCHMARK(BM_Decision48P96DSplit);
 void BM_Throughput48P96D(benchmark::State& state) {
   constexpr std::uint32_t kRound = 32;
   Scheduler scheduler = paperScheduler(48, 96, "shorter-queue", kRound);
-  const std::vector<Request> requests = agenticRequests(kDecisionsPerNodeBetweenReports * 144);
-  std::vector<Assignment> out;
-  out.reserve(requests.size());
-  std::size_t next = 0;
+  SteadyStream stream(scheduler, 144);  // 1,152 requests: a whole number of rounds
   for (auto _ : state) {
-    if (next == requests.size()) {
-      state.PauseTiming();
-      reportIdle(scheduler);
-      out.clear();
-      next = 0;
-      state.ResumeTiming();
-    }
     for (std::uint32_t i = 0; i < kRound; ++i) {
-      if (!scheduler.submit(requests[next++])) std::abort();
+      stream.resetIfExhausted(state);
+      stream.submitNext();
     }
-    if (scheduler.scheduleRound(out).assigned != kRound) std::abort();
+    if (scheduler.scheduleRound(stream.assignments()).assigned != kRound) std::abort();
   }
   state.SetItemsProcessed(state.iterations() * kRound);
 }

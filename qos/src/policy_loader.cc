@@ -16,6 +16,7 @@
 
 #include <dualpath/common/log.h>
 #include <dualpath/common/text.h>
+#include <dualpath/common/toml_types.h>
 #include <dualpath/qos/policy_loader.h>
 
 #include "reporter.h"
@@ -32,32 +33,6 @@ constexpr std::size_t kMaxClassNameLength = 32;
 
 SourceLocation locationOf(const toml::source_region& region) {
   return {region.begin.line, region.begin.column};
-}
-
-std::string_view describe(toml::node_type type) {
-  switch (type) {
-    case toml::node_type::none:
-      return "nothing";
-    case toml::node_type::table:
-      return "a table";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    case toml::node_type::date:
-      return "a date";
-    case toml::node_type::time:
-      return "a time";
-    case toml::node_type::date_time:
-      return "a date-time";
-  }
-  return "a value";
 }
 
 struct IntRange {
@@ -125,7 +100,7 @@ class TableReader {
   void wrongType(const toml::node& node, const std::string& field_path,
                  std::string_view expectation) {
     invalid(node, field_path,
-            fmt::format("expected {}, got {}", expectation, describe(node.type())));
+            fmt::format("expected {}, got {}", expectation, tomlTypeName(node.type())));
   }
 
   // Present-or-required lookup that checks the node's type.

@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include <dualpath/common/text.h>
+#include <dualpath/common/toml_types.h>
 #include <dualpath/scheduler/topology.h>
 
 namespace dualpath::scheduler::topo {
@@ -23,32 +24,6 @@ ConfigSite siteOf(const toml::source_region& region, std::string field) {
   return {region.begin.line, region.begin.column, std::move(field)};
 }
 
-std::string_view describe(toml::node_type type) {
-  switch (type) {
-    case toml::node_type::none:
-      return "nothing";
-    case toml::node_type::table:
-      return "a table";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    case toml::node_type::date:
-      return "a date";
-    case toml::node_type::time:
-      return "a time";
-    case toml::node_type::date_time:
-      return "a date-time";
-  }
-  return "a value";
-}
-
 // Collects every error of one file, each a line "file:line:column: field: message".
 class Diagnostics {
  public:
@@ -59,7 +34,7 @@ class Diagnostics {
   }
   void wrongType(const toml::node& node, const std::string& field, std::string_view expected) {
     error(siteOf(node.source(), field),
-          fmt::format("expected {}, got {}", expected, describe(node.type())));
+          fmt::format("expected {}, got {}", expected, tomlTypeName(node.type())));
   }
   bool empty() const { return lines_.empty(); }
   Status status() const {
