@@ -162,6 +162,33 @@ TEST_F(TransportTest, PutLandsInTheRemoteRegion) {
   EXPECT_THAT(overrun.status().message(), HasSubstr("overruns the 2097152-byte remote region"));
 }
 
+// High priority is not chunked: one 4 MiB put is one message (over TCP, one
+// eager active message that the peer reassembles).
+TEST_F(TransportTest, AWholeFourMiBPutLandsOnTheHighPriorityClass) {
+  EndpointPair pair = connectPair(*engine_, *engine_, classIndex("collective"));
+  ASSERT_TRUE(pair.client && pair.server);
+  std::vector<char> target(6 << 20, 0);
+  auto region = pair.server->registerMemory(target.data(), target.size());
+  ASSERT_TRUE(region.hasValue()) << region.status().toString();
+  auto key = (*region)->packRemoteKey();
+  ASSERT_TRUE(key.hasValue());
+  auto remote = pair.client->importRemote(*key, reinterpret_cast<std::uint64_t>(target.data()),
+                                          target.size());
+  ASSERT_TRUE(remote.hasValue()) << remote.status().toString();
+  std::vector<char> block = pattern(4 << 20, 9);
+  Result<Request*> put = Status(StatusCode::again);
+  ASSERT_TRUE(pollUntil([&] {
+    put = pair.client->postPut(block.data(), block.size(), nullptr, **remote, 1 << 20);
+    return put.hasValue() || put.status().code() != StatusCode::again;
+  }));
+  ASSERT_TRUE(put.hasValue()) << put.status().toString();
+  Status done = waitRequest(*put);
+  ASSERT_TRUE(done.isOk()) << done.toString();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), target.begin() + (1 << 20)));
+  EXPECT_EQ(target[(1 << 20) - 1], 0);
+  EXPECT_EQ(target[(5 << 20)], 0);
+}
+
 TEST_F(TransportTest, ThirtyThirdReceiveWaitsForAFreeRequest) {
   EndpointPair pair = connectPair(*engine_, *engine_, classIndex("collective"));
   ASSERT_TRUE(pair.client && pair.server);
@@ -314,6 +341,16 @@ TEST(LaneTest, OnlyAllTcpLanesCountAsAnRdmaFallback) {
   EXPECT_FALSE(isTcpFallback({}));
   EXPECT_TRUE(isSharedMemoryLane("sysv/memory"));
   EXPECT_FALSE(isSharedMemoryLane("tcp/lo"));
+}
+
+// UCX 1.13 has no RMA lane on TCP: such connections carry puts as our own
+// active messages (worker.h, amput); any other lane keeps UCX's puts.
+TEST(LaneTest, PutsGoAsActiveMessagesOnlyWhenEveryLaneIsTcp) {
+  EXPECT_TRUE(allLanesTcp({"tcp/lo"}));
+  EXPECT_TRUE(allLanesTcp({"tcp/eth0", "tcp/ib0"}));
+  EXPECT_FALSE(allLanesTcp({"tcp/lo", "cma/memory"}));
+  EXPECT_FALSE(allLanesTcp({"rc_mlx5/mlx5_0:1"}));
+  EXPECT_FALSE(allLanesTcp({}));
 }
 
 TEST(DeviceSelectionTest, PatternsThatMatchNothingAreErrors) {

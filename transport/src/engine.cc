@@ -27,8 +27,15 @@ namespace {
 class MemoryRegionImpl final : public MemoryRegion {
  public:
   MemoryRegionImpl(std::shared_ptr<Worker> worker, ucp_mem_h memh, void* base, std::size_t length)
-      : worker_(std::move(worker)), memh_(memh), base_(base), length_(length) {}
+      : worker_(std::move(worker)), memh_(memh), base_(base), length_(length) {
+    MutexLock lock(worker_->mu);
+    worker_->addRegion(base_, length_);
+  }
   ~MemoryRegionImpl() override {
+    {
+      MutexLock lock(worker_->mu);
+      worker_->removeRegion(base_, length_);
+    }
     if (ucs_status_t s = ucp_mem_unmap(worker_->context(), memh_); s != UCS_OK) {
       DP_LOG_WARN("transport: deregistering {} bytes at {}: {}", length_, base_,
                   ucs_status_string(s));

@@ -23,6 +23,9 @@ namespace {
 
 constexpr unsigned kAmHello = 0x44;
 constexpr unsigned kAmWelcome = 0x45;
+constexpr unsigned kAmPut = 0x46;       // a put chunk (amput)
+constexpr unsigned kAmPutFence = 0x47;  // after a put's chunks: acknowledge once landed
+constexpr unsigned kAmPutAck = 0x48;    // the fence's answer
 constexpr std::uint32_t kWireMagic = 0x44504831;  // "DPH1"
 constexpr std::size_t kChunkPoolSize = 1024;
 constexpr std::size_t kRequestPoolSize = kMaxRequestsPerEndpoint * (1 + kMaxRecvsPerRequest);
@@ -71,6 +74,8 @@ void sendCompleted(void* request, ucs_status_t status, void* user_data);
 void recvCompleted(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
                    void* user_data);
 void flushCompleted(void* request, ucs_status_t status, void* user_data);
+void fenceSent(void* request, ucs_status_t status, void* user_data);
+void ackSent(void* request, ucs_status_t status, void* user_data);
 void handshakeSent(void* request, ucs_status_t status, void* user_data);
 void closeCompleted(void* request, ucs_status_t status, void* user_data);
 
@@ -107,6 +112,36 @@ ucs_status_t welcomeTrampoline(void* arg, const void* header, size_t header_leng
   worker->mu.assertHeld();
   return worker->onWelcome(header, header_length,
                            std::span(static_cast<const std::byte*>(data), length));
+}
+
+ucs_status_t putTrampoline(void* arg, const void* header, size_t header_length, void* data,
+                           size_t length, const ucp_am_recv_param_t* param) {
+  Worker* worker = workerOf(arg);
+  worker->mu.assertHeld();
+  return worker->onPutData(header, header_length, data, length, param);
+}
+
+ucs_status_t putFenceTrampoline(void* arg, const void* header, size_t header_length, void*,
+                                size_t, const ucp_am_recv_param_t*) {
+  Worker* worker = workerOf(arg);
+  worker->mu.assertHeld();
+  return worker->onPutFence(header, header_length);
+}
+
+ucs_status_t putAckTrampoline(void* arg, const void* header, size_t header_length, void*, size_t,
+                              const ucp_am_recv_param_t*) {
+  Worker* worker = workerOf(arg);
+  worker->mu.assertHeld();
+  return worker->onPutAck(header, header_length);
+}
+
+void putLe(std::byte* out, std::uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out[i] = static_cast<std::byte>((value >> (8 * i)) & 0xff);
+}
+std::uint64_t getLe(const std::byte* in, int bytes) {
+  std::uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) value |= std::uint64_t{std::to_integer<std::uint8_t>(in[i])} << (8 * i);
+  return value;
 }
 
 struct UcpConfigDeleter {
@@ -268,7 +303,10 @@ Status Worker::init(const qos::Policy& policy) {
   ucp_worker_release_address(worker_, address);
 
   for (auto [id, callback] : {std::pair{kAmHello, &helloTrampoline},
-                              std::pair{kAmWelcome, &welcomeTrampoline}}) {
+                              std::pair{kAmWelcome, &welcomeTrampoline},
+                              std::pair{kAmPut, &putTrampoline},
+                              std::pair{kAmPutFence, &putFenceTrampoline},
+                              std::pair{kAmPutAck, &putAckTrampoline}}) {
     ucp_am_handler_param_t handler{};
     handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                          UCP_AM_HANDLER_PARAM_FIELD_ARG;
@@ -276,7 +314,7 @@ Status Worker::init(const qos::Policy& policy) {
     handler.cb = callback;
     handler.arg = this;
     if (ucs_status_t s = ucp_worker_set_am_recv_handler(worker_, &handler); s != UCS_OK) {
-      return fromUcs(s, what + ": registering the handshake handlers");
+      return fromUcs(s, what + ": registering the active-message handlers");
     }
   }
   DP_LOG_INFO("transport: {} ready", what);
@@ -353,6 +391,7 @@ void Worker::progress() {
   }
   for (auto& [id, connection] : connections_) {
     if (!connection->pending_posts.empty()) pumpPosts(*connection, now);
+    if (!connection->pending_acks.empty()) pumpAcks(*connection);
   }
   if (now - last_timeout_scan_ns_ > kTimeoutScanPeriodNs) {
     last_timeout_scan_ns_ = now;
@@ -367,7 +406,8 @@ void Worker::checkTimeouts(qos::TimeNs now) {
     Connection& c = *connection;
     if (!c.failure.isOk() || c.retired || c.ucx_outstanding == 0) continue;
     for (Request& r : c.requests) {
-      if (!r.in_use || r.kind == RequestKind::recv || r.inflight == 0) continue;
+      const bool awaiting_ack = r.kind == RequestKind::put && r.flush_posted && !r.flushed;
+      if (!r.in_use || r.kind == RequestKind::recv || (r.inflight == 0 && !awaiting_ack)) continue;
       if (now - r.last_progress_ns > limit) {
         bumpCounter(&TransportCounters::timeouts);
         fail(c, Status(StatusCode::timeout,
@@ -634,6 +674,14 @@ void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
       void* op = nullptr;
       if (r->kind == RequestKind::send) {
         op = ucp_tag_send_nbx(connection.dataEp(), r->data + offset, bytes, r->tag_bits, &param);
+      } else if (connection.am_puts) {
+        putLe(chunk->am_header.data(), connection.remote_id, 4);
+        putLe(chunk->am_header.data() + 4, 0, 4);
+        putLe(chunk->am_header.data() + 8, r->remote_addr + offset, 8);
+        param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+        param.flags = UCP_AM_SEND_FLAG_EAGER;  // the handler sees all the data at once
+        op = ucp_am_send_nbx(connection.dataEp(), kAmPut, chunk->am_header.data(),
+                             amput::kDataHeaderBytes, r->data + offset, bytes, &param);
       } else {
         op = ucp_put_nbx(connection.dataEp(), r->data + offset, bytes, r->remote_addr + offset, r->rkey,
                          &param);
@@ -669,12 +717,27 @@ bool Worker::postFlush(Connection& connection, Request& r) {
   chunk->request = &r;
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &flushCompleted;
+  param.cb.send = connection.am_puts ? &fenceSent : &flushCompleted;
   param.user_data = chunk;
   r.flush_posted = true;
-  void* op = ucp_ep_flush_nbx(connection.dataEp(), &param);
+  void* op = nullptr;
+  if (connection.am_puts) {
+    // Done when the peer's acknowledgement arrives (onPutAck), not when the
+    // fence leaves.
+    r.put_serial = next_put_serial_++;
+    const auto index = static_cast<std::uint64_t>(&r - connection.requests.data());
+    putLe(chunk->am_header.data(), connection.remote_id, 4);
+    putLe(chunk->am_header.data() + 4, index, 4);
+    putLe(chunk->am_header.data() + 8, r.put_serial, 8);
+    param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    op = ucp_am_send_nbx(connection.dataEp(), kAmPutFence, chunk->am_header.data(),
+                         amput::kFenceHeaderBytes, nullptr, 0, &param);
+  } else {
+    op = ucp_ep_flush_nbx(connection.dataEp(), &param);
+  }
   if (op == nullptr) {
-    r.flushed = true;
+    if (!connection.am_puts) r.flushed = true;
     giveChunk(connection, chunk);
   } else if (UCS_PTR_IS_ERR(op)) {
     r.failure = fromUcs(UCS_PTR_STATUS(op), fmt::format("flushing puts to {}", connection.peer));
@@ -767,6 +830,36 @@ void sendCompleted(void* ucx_request, ucs_status_t status, void* user_data) {
   --c.ucx_outstanding;
   w.mu.assertHeld();
   w.giveChunk(c, chunk);
+  ucp_request_free(ucx_request);
+}
+
+// The fence of an active-message put left (or failed); the put completes
+// when the peer acknowledges it.
+void fenceSent(void* ucx_request, ucs_status_t status, void* user_data) {
+  auto* chunk = static_cast<ChunkContext*>(user_data);
+  Request& r = *chunk->request;
+  Connection& c = *r.connection;
+  if (status != UCS_OK && r.failure.isOk()) {
+    r.failure = c.failure.isOk()
+                    ? fromUcs(status, fmt::format("completing puts to peer {}", c.peer))
+                    : c.failure;
+  }
+  r.last_progress_ns = qos::monotonicNowNs();
+  --r.inflight;
+  --c.ucx_outstanding;
+  c.worker->mu.assertHeld();
+  c.worker->giveChunk(c, chunk);
+  ucp_request_free(ucx_request);
+}
+
+// An acknowledgement we sent. A failure needs nothing: the peer's put then
+// fails on its side (its connection fails or times out).
+void ackSent(void* ucx_request, ucs_status_t /*status*/, void* user_data) {
+  auto* chunk = static_cast<ChunkContext*>(user_data);
+  Connection& c = *static_cast<Connection*>(chunk->ucx);
+  --c.ucx_outstanding;
+  c.worker->mu.assertHeld();
+  c.worker->giveChunk(c, chunk);
   ucp_request_free(ucx_request);
 }
 
@@ -1014,6 +1107,7 @@ ucs_status_t Worker::onHello(const void* header, std::size_t length,
     return UCS_OK;
   }
   checkLanes(c);
+  c.am_puts = allLanesTcp(lanes(c));
   if (!c.failure.isOk()) {
     retire(&c);
     return UCS_OK;
@@ -1114,6 +1208,7 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length,
     return UCS_OK;
   }
   checkLanes(c);
+  c.am_puts = allLanesTcp(lanes(c));
   if (!c.failure.isOk()) {
     state.failure = c.failure;
     return UCS_OK;
@@ -1160,11 +1255,15 @@ std::vector<std::string> lanesOf(ucp_ep_h ep) {
   return result;
 }
 
-bool isTcpFallback(const std::vector<std::string>& lanes) {
-  // On one host shared memory beats RDMA; only all-TCP lanes are a fallback.
+bool allLanesTcp(const std::vector<std::string>& lanes) {
   return !lanes.empty() && std::all_of(lanes.begin(), lanes.end(), [](const std::string& lane) {
     return lane.rfind("tcp/", 0) == 0;
   });
+}
+
+bool isTcpFallback(const std::vector<std::string>& lanes) {
+  // On one host shared memory beats RDMA; only all-TCP lanes are a fallback.
+  return allLanesTcp(lanes);
 }
 
 bool isSharedMemoryLane(const std::string& lane) {
@@ -1187,6 +1286,114 @@ void Worker::checkLanes(Connection& connection) {
   } else {
     DP_LOG_WARN("transport: {}", message);
   }
+}
+
+// ---------------------------------------------------------------- puts over TCP
+
+Connection* Worker::liveConnection(std::uint32_t local_id) {
+  auto it = connections_.find(local_id);
+  if (it == connections_.end()) return nullptr;
+  Connection* c = it->second.get();
+  return c->failure.isOk() && !c->retired ? c : nullptr;
+}
+
+void Worker::addRegion(const void* base, std::size_t length) {
+  regions_.emplace_back(reinterpret_cast<std::uintptr_t>(base), length);
+}
+
+void Worker::removeRegion(const void* base, std::size_t length) {
+  auto it = std::find(regions_.begin(), regions_.end(),
+                      std::pair{reinterpret_cast<std::uintptr_t>(base), length});
+  if (it != regions_.end()) regions_.erase(it);
+}
+
+ucs_status_t Worker::onPutData(const void* header, std::size_t header_length, void* data,
+                               std::size_t length, const ucp_am_recv_param_t* param) {
+  if (header_length != amput::kDataHeaderBytes) return UCS_OK;  // not ours: nothing to write
+  const auto* h = static_cast<const std::byte*>(header);
+  Connection* c = liveConnection(static_cast<std::uint32_t>(getLe(h, 4)));
+  // A put of a connection that failed or closed is dropped: its sender's
+  // put fails there, and our region may belong to someone else by now.
+  if (c == nullptr) return UCS_OK;
+  const std::uint64_t address = getLe(h + 8, 8);
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+    fail(*c, Status(StatusCode::corrupt,
+                    fmt::format("peer {} sent a {}-byte put by rendezvous; puts over TCP are "
+                                "eager", c->peer, length)));
+    return UCS_OK;
+  }
+  const bool inside = std::any_of(regions_.begin(), regions_.end(), [&](const auto& region) {
+    const auto [base, size] = region;
+    return address >= base && address - base <= size && length <= size - (address - base);
+  });
+  if (!inside) {
+    fail(*c, Status(StatusCode::corrupt,
+                    fmt::format("peer {} put {} bytes at {:#x}, outside every region registered "
+                                "here", c->peer, length, address)));
+    return UCS_OK;
+  }
+  std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(address)), data, length);
+  return UCS_OK;
+}
+
+ucs_status_t Worker::onPutFence(const void* header, std::size_t header_length) {
+  if (header_length != amput::kFenceHeaderBytes) return UCS_OK;
+  const auto* h = static_cast<const std::byte*>(header);
+  Connection* c = liveConnection(static_cast<std::uint32_t>(getLe(h, 4)));
+  if (c == nullptr) return UCS_OK;
+  // One lane, in order: every put chunk sent before the fence has landed.
+  c->pending_acks.emplace_back(static_cast<std::uint32_t>(getLe(h + 4, 4)), getLe(h + 8, 8));
+  pumpAcks(*c);
+  return UCS_OK;
+}
+
+void Worker::pumpAcks(Connection& c) {
+  std::size_t sent = 0;
+  for (; sent < c.pending_acks.size(); ++sent) {
+    if (!c.failure.isOk() || c.dataEp() == nullptr) {
+      sent = c.pending_acks.size();  // nobody to answer
+      break;
+    }
+    ChunkContext* chunk = takeChunk(c);
+    if (chunk == nullptr) break;  // on a later progress
+    const auto [index, serial] = c.pending_acks[sent];
+    putLe(chunk->am_header.data(), c.remote_id, 4);
+    putLe(chunk->am_header.data() + 4, index, 4);
+    putLe(chunk->am_header.data() + 8, serial, 8);
+    chunk->ucx = &c;  // ackSent finds the connection here
+    ucp_request_param_t param{};
+    param.op_attr_mask =
+        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    param.cb.send = &ackSent;
+    param.user_data = chunk;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    void* op = ucp_am_send_nbx(c.dataEp(), kAmPutAck, chunk->am_header.data(),
+                               amput::kFenceHeaderBytes, nullptr, 0, &param);
+    if (op == nullptr || UCS_PTR_IS_ERR(op)) {
+      giveChunk(c, chunk);
+    } else {
+      ++c.ucx_outstanding;
+    }
+  }
+  c.pending_acks.erase(c.pending_acks.begin(),
+                       c.pending_acks.begin() + static_cast<std::ptrdiff_t>(sent));
+}
+
+ucs_status_t Worker::onPutAck(const void* header, std::size_t header_length) {
+  if (header_length != amput::kFenceHeaderBytes) return UCS_OK;
+  const auto* h = static_cast<const std::byte*>(header);
+  Connection* c = liveConnection(static_cast<std::uint32_t>(getLe(h, 4)));
+  if (c == nullptr) return UCS_OK;
+  const std::uint64_t index = getLe(h + 4, 4);
+  const std::uint64_t serial = getLe(h + 8, 8);
+  if (index >= c->requests.size()) return UCS_OK;
+  Request& r = c->requests[index];
+  // The serial tells this put's fence from a recycled request's.
+  if (r.in_use && r.kind == RequestKind::put && r.flush_posted && r.put_serial == serial) {
+    r.flushed = true;
+    r.last_progress_ns = qos::monotonicNowNs();
+  }
+  return UCS_OK;
 }
 
 }  // namespace dualpath::transport

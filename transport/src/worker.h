@@ -40,6 +40,8 @@ std::vector<std::string> lanesOf(ucp_ep_h ep);
 bool isSharedMemoryLane(const std::string& lane);
 // True when a connection on an RDMA device got only TCP lanes.
 bool isTcpFallback(const std::vector<std::string>& lanes);
+// Every lane is TCP (then UCX has no RMA lane, and puts go as amput).
+bool allLanesTcp(const std::vector<std::string>& lanes);
 
 // UCX status as ours: peer failures are `remote`, timeouts `timeout`,
 // resource exhaustion `again`, the rest `io`.
@@ -125,6 +127,9 @@ class Request {
   std::uint64_t remote_addr = 0;
   bool flush_posted = false;
   bool flushed = false;
+  // Puts as active messages (Connection::am_puts): the fence that the peer
+  // acknowledges once every earlier put landed, named by this serial.
+  std::uint64_t put_serial = 0;
 
   // recv
   std::uint8_t slot_count = 0;
@@ -135,11 +140,27 @@ class Request {
 
 // A per-chunk completion context: which request and how many bytes.
 struct ChunkContext {
-  Request* request = nullptr;
+  Request* request = nullptr;  // null for a put acknowledgement we send
   std::size_t bytes = 0;
   std::uint8_t slot = 0;
   void* ucx = nullptr;  // the UCX request while it is outstanding
+  // An active message's header: UCX 1.13 reads it until the send completes.
+  std::array<std::byte, 16> am_header{};
 };
+
+// Puts over TCP. UCX 1.13 has no RMA lane on TCP and emulates puts with its
+// own active messages, whose target-side handler aborts the process when it
+// acknowledges a put from a peer that just failed (docs/plugin.md, "Puts over
+// TCP"). A connection whose lanes are all TCP therefore carries each put
+// chunk as one of our active messages, written into the registered region by
+// our handler, and completes the put with a fence that the peer acknowledges
+// once every earlier chunk landed (one lane: in order).
+namespace amput {
+// [0, 4) target connection id | [4, 8) zero | [8, 16) target address
+inline constexpr std::size_t kDataHeaderBytes = 16;
+// [0, 4) connection id (the receiver's) | [4, 8) request index | [8, 16) serial
+inline constexpr std::size_t kFenceHeaderBytes = 16;
+}  // namespace amput
 
 // One pending endpoint close: the callback may run before ucp_ep_close_nbx
 // returns, so it records completion here rather than in a counter.
@@ -166,6 +187,9 @@ struct Connection {
   bool closed = false;
   std::size_t ucx_outstanding = 0;  // UCX requests pointing into this connection
   std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class
+  bool am_puts = false;  // every lane is TCP: puts go as our active messages
+  // Fences the peer asked us to acknowledge, waiting for a chunk to send in.
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> pending_acks;
 
   std::vector<Request> requests;        // fixed pool; addresses are stable
   std::vector<Request*> free_requests;
@@ -244,6 +268,15 @@ class Worker {
   ucs_status_t onWelcome(const void* header, std::size_t length,
                          std::span<const std::byte> peer_address) DP_REQUIRES(mu);
   const std::vector<std::byte>& address() const { return address_; }
+  ucs_status_t onPutData(const void* header, std::size_t header_length, void* data,
+                         std::size_t length, const ucp_am_recv_param_t* param) DP_REQUIRES(mu);
+  ucs_status_t onPutFence(const void* header, std::size_t header_length) DP_REQUIRES(mu);
+  ucs_status_t onPutAck(const void* header, std::size_t header_length) DP_REQUIRES(mu);
+
+  // Regions registered on this worker: where a peer's active-message put may
+  // write.
+  void addRegion(const void* base, std::size_t length) DP_REQUIRES(mu);
+  void removeRegion(const void* base, std::size_t length) DP_REQUIRES(mu);
 
  private:
   Worker(DeviceInfo device, std::uint8_t class_index,
@@ -290,6 +323,13 @@ class Worker {
   qos::TimeNs last_timeout_scan_ns_ DP_GUARDED_BY(mu) = 0;
   std::vector<std::pair<Request*, std::uint8_t>> reposts_ DP_GUARDED_BY(mu);
   std::vector<std::pair<Request*, std::uint8_t>> reposting_ DP_GUARDED_BY(mu);
+  // (base, length), one entry per registration: a buffer may be registered
+  // on several endpoints of this worker.
+  std::vector<std::pair<std::uintptr_t, std::size_t>> regions_ DP_GUARDED_BY(mu);
+  std::uint64_t next_put_serial_ DP_GUARDED_BY(mu) = 1;
+
+  void pumpAcks(Connection& connection) DP_REQUIRES(mu);
+  Connection* liveConnection(std::uint32_t local_id) DP_REQUIRES(mu);
 };
 
 }  // namespace dualpath::transport

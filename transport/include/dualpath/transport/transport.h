@@ -1,6 +1,8 @@
 // The transport core: connections, tagged messages and one-sided puts over
 // UCX, with traffic classes from the QoS policy and the link arbiter on every
-// post. The NCCL plugin and the loader's KV relays share it in one process.
+// post. The NCCL plugin and the loader's KV relays are meant to share one
+// engine per process; today the plugin carries its own copy of this library
+// (docs/plugin.md, "Not done yet").
 //
 // Model (docs/plugin.md, "Transport"):
 //  - One Engine per process. It owns, per (device, traffic class), a UCP
