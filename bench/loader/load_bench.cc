@@ -4,10 +4,14 @@
 //
 // One process holds two "nodes":
 //   PE node: K prefill engines, each with its own block store (MemoryBlockStore),
-//            PE buffer pool, host copy engine, "device" buffer (host memory),
-//            RelayClient and PrefillLoader, driven by one thread per engine.
+//            PE buffer pool and RelayClient, and --loads-per-engine lanes (a
+//            PrefillLoader, host copy engine and "device" buffer in host
+//            memory each) that share them, driven by one thread per engine:
+//            a lane starts the engine's next load while the others relay or
+//            copy.
 //   DE node: K RelayServers (one per PE engine: one `kv` connection each), each
-//            with its own block store and DE buffer pool, one thread per server.
+//            with its own block store and DE buffer pool (room for every
+//            lane's relay), one thread per server.
 // Storage is shared (3FS in the paper): every cached block is written into
 // every store of both nodes, and each node reaches it through its own
 // *emulated* storage NIC (StorageRateLimiter, the same rate on both nodes,
@@ -79,6 +83,19 @@ constexpr std::uint64_t kPoison = 0xdeadbeefcafef00dULL;
 struct Args {
   std::string model = "deepseek-v3.2";
   std::uint32_t engines = 4;
+  // Loads a PE engine keeps in flight: each has its own PrefillLoader, copy
+  // engine and device buffer, and all share the engine's store, PE buffer
+  // and relay client. With two, the next load's reads (and the DE's reads
+  // of its relay) run while the current load relays and copies. One by
+  // default: with 1 MiB relay puts the relay keeps up, and here two were
+  // slower (docs/performance.md): the engine thread's byte check and copy
+  // wait stall the other lane's relay, and a relay queued behind another
+  // leaves the DE read queue late, so the scheduler sends the DE less.
+  std::uint32_t loads_per_engine = 1;
+  // The relay's largest put (RelayServerOptions::max_put_bytes): over tcp
+  // every put is an emulated put plus a flush, so fewer, larger puts move
+  // more per CPU second. 0: one put per Layer Block.
+  std::uint32_t relay_put_kib = 1024;
   double rate_mbps = 200;   // MB/s (10^6 B/s) per node's emulated storage NIC
   double burst_blocks = 1;  // bucket depth, in Full Blocks
   std::uint32_t sessions = 6;
@@ -209,13 +226,18 @@ Trace makeTrace(const Args& a, const ModelSpec& model) {
 
 // ---- the two nodes ----------------------------------------------------------
 
+// One load slot of a PE engine: its loader, copy engine and "HBM".
+struct PeLane {
+  std::unique_ptr<LayerCopyEngine> copy;
+  std::vector<std::byte> device;  // max_blocks Full Blocks: the "HBM"
+  std::unique_ptr<PrefillLoader> loader;
+};
+
 struct PeEngine {
   std::unique_ptr<MemoryBlockStore> store;
   std::unique_ptr<BufferPool> pool;
-  std::unique_ptr<LayerCopyEngine> copy;
-  std::vector<std::byte> device;  // max_blocks Full Blocks: the "HBM"
   std::unique_ptr<RelayClient> relay;
-  std::unique_ptr<PrefillLoader> loader;
+  std::vector<PeLane> lanes;  // --loads-per-engine, sharing the store, pool and relay
 };
 
 struct DeEngine {
@@ -313,6 +335,18 @@ class Dispatcher {
     for (sched::EngineLoad& l : de_loads_) l.free_kv_bytes = kHbm;
   }
 
+  // The PE engine's next request if one is assigned to it now; `over` when
+  // the trace has been handed out entirely.
+  std::optional<Work> tryNext(std::uint32_t engine, bool& over) {
+    std::lock_guard lock(mu_);
+    dispatch();
+    over = next_ >= trace_.requests.size() && queues_[engine].empty();
+    if (queues_[engine].empty()) return std::nullopt;
+    Work w = queues_[engine].front();
+    queues_[engine].erase(queues_[engine].begin());
+    return w;
+  }
+
   // The PE engine's next request, or nothing when the trace is done.
   std::optional<Work> next(std::uint32_t engine) {
     std::unique_lock lock(mu_);
@@ -374,7 +408,8 @@ class Dispatcher {
   void dispatch() {
     for (;;) {
       bool idle = false;
-      for (const sched::EngineLoad& l : pe_loads_) idle = idle || l.unfinished_requests == 0;
+      for (const sched::EngineLoad& l : pe_loads_)
+        idle = idle || l.unfinished_requests < a_.loads_per_engine;
       if (!idle || next_ >= trace_.requests.size()) return;
       // What the nodes report: in-flight loads and read queues.
       sched::GroupReport pe{.node = 0,
@@ -430,6 +465,29 @@ class Dispatcher {
   std::uint64_t planned_pe_ = 0, planned_de_ = 0;
 };
 
+// The nap of a poll loop: --poll-sleep-us while a relay is in flight (over
+// tcp its puts need both sides' progress), doubling up to kIdleNapCap while
+// nothing needs fast polling (PE-path reads wait for the emulated storage
+// NIC for hundreds of ms). Every poll is a UCX progress call, and on a
+// 2-vCPU machine the idle loops' system calls take CPU from the relay.
+class PollBackoff {
+ public:
+  static constexpr std::chrono::microseconds kIdleNapCap{500};
+  explicit PollBackoff(std::chrono::microseconds base) : base_(base), idle_(base) {}
+  std::chrono::microseconds next(bool busy) {
+    if (busy || base_.count() == 0) {
+      idle_ = base_;
+      return base_;
+    }
+    const auto nap = idle_;
+    idle_ = std::min(std::max(idle_ * 2, base_), kIdleNapCap);
+    return nap;
+  }
+
+ private:
+  std::chrono::microseconds base_, idle_;
+};
+
 void napOrYield(std::chrono::microseconds nap) {
   if (nap.count() == 0)
     std::this_thread::yield();
@@ -464,11 +522,14 @@ ModeResult runMode(const Args& a, const ModelSpec& model, const Trace& trace,
   for (DeEngine& e : des) {
     de_threads.emplace_back([&, server = e.server.get()] {
       std::uint64_t seen = 0;
+      PollBackoff backoff(nap);
       while (!stop_de.load(std::memory_order_relaxed)) {
         must(server->poll(), "DE relay server");
         const RelayServerCounters c = server->counters();
         const std::uint64_t now = c.requests + c.layers_landed + c.bytes_put + c.relays_done;
-        if (now == seen) napOrYield(nap);  // idle: let the others run
+        // Serving: some request has not ended yet.
+        const bool serving = c.requests > c.relays_done + c.relays_failed;
+        if (now == seen) napOrYield(backoff.next(serving));  // idle: let the others run
         seen = now;
       }
     });
@@ -485,57 +546,62 @@ ModeResult runMode(const Args& a, const ModelSpec& model, const Trace& trace,
       PeEngine& e = pes[i];
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-      while (std::optional<Work> next = dispatcher.next(i)) {
-        const Work& w = *next;
+      // A load in flight on one lane.
+      struct Running {
+        Work work;
+        Deadline deadline{};
+        std::chrono::steady_clock::time_point t_start, t_read;
+        bool read_done = false;
+      };
+      auto startOn = [&](PeLane& lane, const Work& w) {
         const TraceRequest& r = trace.requests[w.request];
-        const auto deadline = Clock::now() + std::chrono::seconds(a.load_timeout_s);
+        Running run{.work = w,
+                    .deadline = Clock::now() + std::chrono::seconds(a.load_timeout_s),
+                    .t_start = {},
+                    .t_read = {},
+                    .read_done = false};
         PrefillLoad load{.request_id = r.id,
                          .blocks = r.blocks,
                          .plan = w.plan,
                          .device_blocks = {},
-                         .deadline = deadline};
+                         .deadline = run.deadline};
         for (std::size_t b = 0; b < r.blocks.size(); ++b) {
-          std::byte* dst = e.device.data() + b * full_bytes;
+          std::byte* dst = lane.device.data() + b * full_bytes;
           load.device_blocks.push_back(dst);
           // A layer that is never copied keeps this word and fails the checksum.
           for (std::uint32_t l = 0; l < model.layers; ++l)
             std::memcpy(dst + l * layer_bytes, &kPoison, sizeof kPoison);
         }
-        const auto t_start = std::chrono::steady_clock::now();
-        must(e.loader->start(std::move(load)), fmt::format("request {}: start", r.id));
-        auto t_read = t_start;
-        bool read_done = false;
-        while (!e.loader->done()) {
-          must(e.loader->poll(), fmt::format("request {}: poll", r.id));
-          if (!read_done && e.loader->copyStarted()) {
-            // PE path: the batch completed; DE path: the DE read every block
-            // before its first put. Either way the storage reads are over.
-            dispatcher.readDone(w);
-            read_done = true;
-            t_read = std::chrono::steady_clock::now();
-          }
-          if (!e.loader->done()) napOrYield(nap);
-        }
-        if (!read_done) {
+        run.t_start = std::chrono::steady_clock::now();
+        run.t_read = run.t_start;
+        must(lane.loader->start(std::move(load)), fmt::format("request {}: start", r.id));
+        return run;
+      };
+      // The load ended: the compute side (every layer, then finish; no
+      // compute is emulated), the byte check, and the PE buffer back.
+      auto complete = [&](PeLane& lane, Running& run) {
+        const Work& w = run.work;
+        const TraceRequest& r = trace.requests[w.request];
+        if (!run.read_done) {
           dispatcher.readDone(w);
-          t_read = std::chrono::steady_clock::now();
+          run.t_read = std::chrono::steady_clock::now();
         }
         const auto t_loaded = std::chrono::steady_clock::now();
-        const PrefillLoadResult& res = e.loader->result();
+        const PrefillLoadResult& res = lane.loader->result();
         if (res.state != PrefillLoadState::ok)
           die(fmt::format("request {}: load ended {}: {}", r.id, prefillLoadStateName(res.state),
                           res.status.toString()));
-        // The compute side: every layer, then finish (no compute is emulated).
         if (res.copy_started) {
           for (std::uint32_t l = 0; l < model.layers; ++l)
-            must(e.copy->waitForLayer(l, deadline), fmt::format("request {}: waitForLayer", r.id));
-          must(e.copy->finish(deadline), fmt::format("request {}: finish", r.id));
+            must(lane.copy->waitForLayer(l, run.deadline),
+                 fmt::format("request {}: waitForLayer", r.id));
+          must(lane.copy->finish(run.deadline), fmt::format("request {}: finish", r.id));
         }
         if (a.inject_mismatch >= 0 && static_cast<std::uint64_t>(a.inject_mismatch) == r.id &&
             !r.blocks.empty())
-          e.device[(r.blocks.size() - 1) * full_bytes + 7] ^= std::byte{1};
+          lane.device[(r.blocks.size() - 1) * full_bytes + 7] ^= std::byte{1};
         for (std::size_t b = 0; b < r.blocks.size(); ++b) {
-          std::span<const std::byte> got(e.device.data() + b * full_bytes, full_bytes);
+          std::span<const std::byte> got(lane.device.data() + b * full_bytes, full_bytes);
           const std::uint64_t want = trace.checksums.at(r.blocks[b]);
           if (payloadChecksum(got) != want)
             die(
@@ -549,15 +615,57 @@ ModeResult runMode(const Args& a, const ModelSpec& model, const Trace& trace,
           using sec = std::chrono::duration<double>;
           std::lock_guard lock(phase_mu);
           out.loads[path]++;
-          out.read_s[path] += sec(t_read - t_start).count();
-          out.after_read_s[path] += sec(t_loaded - t_read).count();
+          out.read_s[path] += sec(run.t_read - run.t_start).count();
+          out.after_read_s[path] += sec(t_loaded - run.t_read).count();
           out.copy_verify_s[path] += sec(t_verified - t_loaded).count();
         }
         pe_blocks += res.counters.pe_path;
         de_blocks += res.counters.de_path;
         fallback_blocks += res.counters.fallback;
-        must(e.loader->endLoad(), fmt::format("request {}: endLoad", r.id));
+        must(lane.loader->endLoad(), fmt::format("request {}: endLoad", r.id));
         dispatcher.finished(i, w);
+      };
+
+      std::vector<std::optional<Running>> running(e.lanes.size());
+      bool over = false;
+      PollBackoff backoff(nap);
+      for (;;) {
+        // Every free lane takes the engine's next request, if one is assigned.
+        for (std::size_t k = 0; k < e.lanes.size() && !over; ++k) {
+          if (running[k]) continue;
+          std::optional<Work> w = dispatcher.tryNext(i, over);
+          if (!w) break;
+          running[k] = startOn(e.lanes[k], *w);
+        }
+        if (std::none_of(running.begin(), running.end(),
+                         [](const std::optional<Running>& r) { return r.has_value(); })) {
+          if (over) break;
+          // Nothing in flight: block until the dispatcher hands this engine work.
+          std::optional<Work> w = dispatcher.next(i);
+          if (!w) break;
+          running[0] = startOn(e.lanes[0], *w);
+        }
+        bool ended = false;
+        for (std::size_t k = 0; k < e.lanes.size(); ++k) {
+          if (!running[k]) continue;
+          PeLane& lane = e.lanes[k];
+          Running& run = *running[k];
+          must(lane.loader->poll(),
+               fmt::format("request {}: poll", trace.requests[run.work.request].id));
+          if (!run.read_done && lane.loader->copyStarted()) {
+            // PE path: the batch completed; DE path: the DE read every block
+            // before its first put. Either way the storage reads are over.
+            dispatcher.readDone(run.work);
+            run.read_done = true;
+            run.t_read = std::chrono::steady_clock::now();
+          }
+          if (lane.loader->done()) {
+            complete(lane, run);
+            running[k].reset();
+            ended = true;
+          }
+        }
+        if (!ended) napOrYield(backoff.next(e.relay->relaysInFlight() > 0));
       }
     });
   }
@@ -603,7 +711,7 @@ json phases(const ModeResult& m) {
 
 int run(const Args& a) {
   const ModelSpec model = must(sched::modelPreset(a.model), "model");
-  if (a.engines == 0 || a.sessions == 0 || a.turns == 0 || a.initial_blocks_min == 0 ||
+  if (a.engines == 0 || a.loads_per_engine == 0 || a.sessions == 0 || a.turns == 0 || a.initial_blocks_min == 0 ||
       a.initial_blocks_min > a.initial_blocks_max || a.new_tokens_min == 0 ||
       a.new_tokens_min > a.new_tokens_max || a.rate_mbps <= 0 || a.burst_blocks <= 0)
     die("flags out of range (see --help)");
@@ -618,14 +726,21 @@ int run(const Args& a) {
   // The relay link: UCX tcp on loopback unless the caller chose otherwise.
   setenv("UCX_TLS", "tcp", 0);
   const std::string ucx_tls = std::getenv("UCX_TLS") ? std::getenv("UCX_TLS") : "";
+  // UCX's tcp transport sends in 8 KiB segments by default: a 1 MiB put is
+  // then 128 sends, each a system call and a header. 64 KiB segments moved
+  // the relay's puts about 3 times faster here (docs/performance.md). Unless
+  // the caller chose otherwise.
+  setenv("UCX_TCP_TX_SEG_SIZE", "64k", 0);
+  const std::string tcp_tx_seg = std::getenv("UCX_TCP_TX_SEG_SIZE");
 
   Trace trace = makeTrace(a, model);
   const double hit = static_cast<double>(trace.cached_tokens) / static_cast<double>(trace.tokens);
   if (!a.json) {
     line(
-        "model {} ({} layers, Full Block {} B), {} PE engines + {} DE engines, relay UCX_TLS={} on "
-        "lo",
-        model.name, model.layers, model.fullBlockBytes(), a.engines, a.engines, ucx_tls);
+        "model {} ({} layers, Full Block {} B), {} PE engines ({} loads in flight each) + {} DE "
+        "engines, relay UCX_TLS={} (UCX_TCP_TX_SEG_SIZE={}) on lo, puts of up to {} KiB",
+        model.name, model.layers, model.fullBlockBytes(), a.engines, a.loads_per_engine, a.engines,
+        ucx_tls, tcp_tx_seg, a.relay_put_kib);
     line(
         "trace seed {}: {} sessions x {} turns = {} requests, {} tokens, {} cached ({:.1f}% hit), "
         "{} block reads ({:.1f} MB), {} distinct blocks, up to {} blocks per request",
@@ -658,23 +773,33 @@ int run(const Args& a) {
     d.store->emulateStorageNic(de_snic.get());
     p.pool = must(BufferPool::create({.name = fmt::format("pe-buffer-{}", i),
                                       .slot_bytes = model.fullBlockBytes(),
-                                      .slots = 2 * max_blocks}),
+                                      // one load's blocks per lane, and one more
+                                      // load's worth for fallback scratch slots
+                                      .slots = (a.loads_per_engine + 1) * max_blocks}),
                   "PE buffer");
+    // Room for every lane's relay at once, so the DE reads the next relay's
+    // blocks while it relays the current one.
     d.pool = must(BufferPool::create({.name = fmt::format("de-buffer-{}", i),
                                       .slot_bytes = model.fullBlockBytes(),
-                                      .slots = max_blocks}),
+                                      .slots = a.loads_per_engine * max_blocks}),
                   "DE buffer");
-    p.copy = must(makeHostCopyEngine({.lookahead = 2}), "copy engine");
-    p.device.assign(max_blocks * model.fullBlockBytes(), std::byte{0});
     EndpointPair ep = connectKv(*pe_engine, *de_engine, kv);
     d.server =
-        must(RelayServer::create(std::move(ep.de), *d.store, *d.pool, model), "relay server");
+        must(RelayServer::create(std::move(ep.de), *d.store, *d.pool, model,
+                                 {.max_put_bytes = std::uint64_t{a.relay_put_kib} * 1024}),
+             "relay server");
     p.relay = must(RelayClient::create(std::move(ep.pe), *p.pool, model), "relay client");
-    p.loader = must(
-        PrefillLoader::create(
-            {.store = *p.store, .pool = *p.pool, .relay = p.relay.get(), .copy_engine = *p.copy},
-            model),
-        "prefill loader");
+    p.lanes.resize(a.loads_per_engine);
+    for (PeLane& lane : p.lanes) {
+      lane.copy = must(makeHostCopyEngine({.lookahead = 2}), "copy engine");
+      lane.device.assign(max_blocks * model.fullBlockBytes(), std::byte{0});
+      lane.loader = must(PrefillLoader::create({.store = *p.store,
+                                                .pool = *p.pool,
+                                                .relay = p.relay.get(),
+                                                .copy_engine = *lane.copy},
+                                               model),
+                         "prefill loader");
+    }
   }
   // Shared storage: every block into every store of both nodes.
   {
@@ -700,9 +825,12 @@ int run(const Args& a) {
                          {"de_node", de_snic->describe()},
                          {"bytes_per_s", rate}};
   doc["relay"] = {{"transport", "UCX via dualpath transport, class kv, loopback (lo)"},
-                  {"ucx_tls", ucx_tls}};
+                  {"ucx_tls", ucx_tls},
+                  {"ucx_tcp_tx_seg_size", tcp_tx_seg}};
   doc["model"] = model.name;
   doc["engines_per_node"] = a.engines;
+  doc["loads_per_engine"] = a.loads_per_engine;
+  doc["relay_max_put_bytes"] = std::uint64_t{a.relay_put_kib} * 1024;
   doc["trace"] = {{"seed", a.seed},
                   {"sessions", a.sessions},
                   {"turns", a.turns},
@@ -787,7 +915,7 @@ int run(const Args& a) {
   log::setLevel(log::Level::error);
   // Tear down in dependency order: loaders and relays before pools and stores.
   for (PeEngine& p : pes) {
-    p.loader.reset();
+    for (PeLane& lane : p.lanes) lane.loader.reset();
     p.relay.reset();
   }
   for (DeEngine& d : des) d.server.reset();
@@ -807,6 +935,12 @@ int main(int argc, char** argv) {
   app.add_option("--model", a.model, "model preset (deepseek-v3.2, qwen2.5-32b, tiny)");
   app.add_option("--engines", a.engines,
                  "prefill engines on the PE node (and relay servers on the DE node)");
+  app.add_option("--loads-per-engine", a.loads_per_engine,
+                 "loads a PE engine keeps in flight (each: a loader, copy engine and device "
+                 "buffer; sharing the engine's store, PE buffer and relay connection)");
+  app.add_option("--relay-put-kib", a.relay_put_kib,
+                 "the relay's largest put, KiB: a block's adjacent Layer Blocks go as one put "
+                 "(0: one put per Layer Block)");
   app.add_option("--rate-mbps", a.rate_mbps, "each node's emulated storage NIC, MB/s (10^6 B/s)");
   app.add_option("--burst-blocks", a.burst_blocks, "token bucket depth, in Full Blocks");
   app.add_option("--sessions", a.sessions, "agent sessions in the trace");

@@ -1,7 +1,9 @@
 // dualpath-storage-bench: block reads from a PosixBlockStore, in GB/s.
 //
-// Writes --blocks Full Blocks of --model into --dir (a fresh store directory),
-// then reads them all back as one batch, --reps times, with --queue-depth
+// Writes --blocks Full Blocks of --model into --dir (a fresh store directory)
+// and syncs them to disk (syncfs, untimed: otherwise the first O_DIRECT pass
+// would pay for their write-back), then reads them all back as one batch,
+// --reps times, with --queue-depth
 // blocks in flight and the chosen engine, into 4 KiB-aligned destinations
 // (registered with io_uring unless --no-register). Every read is verified
 // (header and checksum, as always) and compared byte for byte with what was
@@ -10,11 +12,12 @@
 // Prints one line that scripts parse (bench/loader/fio_compare.sh):
 //   storage-bench: engine=io_uring direct=1 model=deepseek-v3.2 blocks=64 qd=32
 //     file_bytes=2565120 reps=3 best_gbps=... median_gbps=... best_file_gbps=...
-//     mean_file_gbps=...
+//     mean_file_gbps=... rep_ms=41.2/39.8/40.5
 // gbps counts payload bytes; file_gbps counts whole files (header + payload),
 // what fio reads from the same files; mean_file_gbps is all reps' bytes over
-// all reps' time, as fio reports its loops.
+// all reps' time, as fio reports its loops; rep_ms is each pass, in order.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -25,7 +28,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <dualpath/common/params.h>
 #include <dualpath/loader/block_format.h>
@@ -90,7 +95,7 @@ int run(const Args& args) {
   options.io_engine = *engine;
   options.direct_io = args.direct;
   options.queue_depth = args.queue_depth;
-  options.fsync = FsyncPolicy::none;  // writes are set-up, not measured
+  options.fsync = FsyncPolicy::none;  // writes are set-up: synced once below, not measured
   Result<std::unique_ptr<PosixBlockStore>> store = PosixBlockStore::open(args.dir, *model, options);
   if (!store) {
     fmt::print(stderr, "dualpath-storage-bench: {}\n", store.status().message());
@@ -119,6 +124,15 @@ int run(const Args& args) {
     }
     ids.push_back(id);
     checksums.push_back(payloadChecksum(payload));
+  }
+  // Without this the first timed pass pays for writing the blocks back: an
+  // O_DIRECT read of a file with dirty pages first flushes them.
+  if (const int dir_fd = ::open(args.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      dir_fd >= 0) {
+    if (::syncfs(dir_fd) != 0) {
+      fmt::print(stderr, "dualpath-storage-bench: syncfs {}: {}\n", args.dir, std::strerror(errno));
+    }
+    ::close(dir_fd);
   }
   if (args.register_buffers) {
     const std::span<std::byte> regions[] = {std::span<std::byte>(memory.get(), total)};
@@ -158,6 +172,8 @@ int run(const Args& args) {
   }
   double total_seconds = 0;
   for (double s : seconds) total_seconds += s;
+  std::string rep_ms;
+  for (double s : seconds) rep_ms += fmt::format("{}{:.1f}", rep_ms.empty() ? "" : "/", s * 1e3);
   std::sort(seconds.begin(), seconds.end());
   const double payload_bytes = static_cast<double>(block_bytes) * args.blocks;
   const double file_bytes = static_cast<double>(block_bytes + kBlockHeaderBytes) * args.blocks;
@@ -166,12 +182,13 @@ int run(const Args& args) {
   const StoreCounters counters = (*store)->counters();
   fmt::print(
       "storage-bench: engine={} direct={} registered={} model={} blocks={} qd={} file_bytes={} "
-      "reps={} best_gbps={:.3f} median_gbps={:.3f} best_file_gbps={:.3f} mean_file_gbps={:.3f}\n",
+      "reps={} best_gbps={:.3f} median_gbps={:.3f} best_file_gbps={:.3f} mean_file_gbps={:.3f} "
+      "rep_ms={}\n",
       params::ioEngineName((*store)->engine()), (*store)->directIo() ? 1 : 0,
       counters.fixed_buffer_reads > 0 ? 1 : 0, args.model, args.blocks, args.queue_depth,
       block_bytes + kBlockHeaderBytes, args.reps, payload_bytes / best / 1e9,
       payload_bytes / median / 1e9, file_bytes / best / 1e9,
-      file_bytes * args.reps / total_seconds / 1e9);
+      file_bytes * args.reps / total_seconds / 1e9, rep_ms);
   if (!args.keep) {
     store->reset();
     std::filesystem::remove_all(args.dir, error);

@@ -35,9 +35,12 @@ Status BlockStore::submit(ReadBatch& batch) {
     }
   }
   for (BlockRead& read : batch.reads_) read.status = Status(StatusCode::again, "pending");
+  batch.storage_done_ = false;
+  batch.awaiting_delivery_.assign(batch.reads_.size(), false);
   if (limiter_ != nullptr) {
     const Clock::time_point now = Clock::now();
-    for (BlockRead& read : batch.reads_) read.emulated_delivery = limiter_->reserve(full_block, now);
+    for (BlockRead& read : batch.reads_)
+      read.emulated_delivery = limiter_->reserve(full_block, now);
   }
   Status submitted = doSubmit(batch.reads_);
   // Whatever doSubmit started must still be reaped by wait().
@@ -63,13 +66,56 @@ void BlockStore::holdBackForEmulatedNic(std::span<BlockRead> reads, Deadline dea
   std::this_thread::sleep_until(delivered);
 }
 
+bool BlockStore::deliveredByEmulatedNic(ReadBatch& batch, Clock::time_point now) const {
+  bool all_delivered = true;
+  for (std::size_t i = 0; i < batch.reads_.size(); ++i) {
+    BlockRead& read = batch.reads_[i];
+    if (batch.awaiting_delivery_[i]) {
+      if (read.emulated_delivery > now) {
+        all_delivered = false;
+        continue;
+      }
+      batch.awaiting_delivery_[i] = false;
+      read.status = Status::ok();
+    } else if (read.status.isOk() && read.emulated_delivery > now) {
+      // Verified, but still on the emulated link: not an outcome yet. Only ok
+      // reads are held back, so ok is what to restore.
+      batch.awaiting_delivery_[i] = true;
+      read.status = Status(StatusCode::again, "pending");
+      all_delivered = false;
+    }
+  }
+  return all_delivered;
+}
+
 Status BlockStore::wait(ReadBatch& batch, Deadline deadline) {
   if (!batch.in_flight_)
     return Status(StatusCode::invalid_usage, "wait: the batch was not submitted");
-  Status waited = doWait(batch.reads_, deadline);
+  Status waited = batch.storage_done_ ? Status::ok() : doWait(batch.reads_, deadline);
   batch.in_flight_ = false;
-  if (limiter_ != nullptr) holdBackForEmulatedNic(batch.reads_, deadline);
+  if (limiter_ != nullptr) {
+    // Reads a poll() saw verified are ok again; the hold-back below decides.
+    for (std::size_t i = 0; i < batch.reads_.size(); ++i) {
+      if (batch.awaiting_delivery_[i]) batch.reads_[i].status = Status::ok();
+    }
+    holdBackForEmulatedNic(batch.reads_, deadline);
+  }
+  batch.awaiting_delivery_.assign(batch.reads_.size(), false);
   return waited;
+}
+
+Result<bool> BlockStore::poll(ReadBatch& batch) {
+  if (!batch.in_flight_)
+    return Status(StatusCode::invalid_usage, "poll: the batch was not submitted");
+  if (!batch.storage_done_) {
+    DP_TRY_ASSIGN(batch.storage_done_, doPoll(batch.reads_));
+  }
+  // Even before the storage is done, so that reads it finished show pending
+  // until the emulated link delivers them.
+  const bool delivered = limiter_ == nullptr || deliveredByEmulatedNic(batch, Clock::now());
+  if (!batch.storage_done_ || !delivered) return false;
+  batch.in_flight_ = false;
+  return true;
 }
 
 Status BlockStore::read(ReadBatch& batch, Deadline deadline) {

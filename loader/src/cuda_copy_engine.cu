@@ -72,6 +72,7 @@ class CudaCopyEngine final : public LayerCopyEngine {
     if (load_stream_ != nullptr) cudaStreamSynchronize(load_stream_);
     if (save_stream_ != nullptr) cudaStreamSynchronize(save_stream_);
     for (cudaEvent_t event : layer_events_) cudaEventDestroy(event);
+    for (cudaEvent_t event : save_events_) cudaEventDestroy(event);
     if (saves_done_ != nullptr) cudaEventDestroy(saves_done_);
     if (load_stream_ != nullptr) cudaStreamDestroy(load_stream_);
     if (save_stream_ != nullptr) cudaStreamDestroy(save_stream_);
@@ -89,12 +90,16 @@ class CudaCopyEngine final : public LayerCopyEngine {
     // previous load's buffers.
     DP_TRY(cudaStatus(cudaStreamSynchronize(load_stream_), "cudaStreamSynchronize"));
     DP_TRY(cudaStatus(cudaStreamSynchronize(save_stream_), "cudaStreamSynchronize"));
-    while (layer_events_.size() < load.layers.size()) {
-      cudaEvent_t event = nullptr;
-      DP_TRY(cudaStatus(cudaEventCreateWithFlags(&event, cudaEventDisableTiming),
-                        "cudaEventCreateWithFlags"));
-      layer_events_.push_back(event);
+    for (std::vector<cudaEvent_t>* events : {&layer_events_, &save_events_}) {
+      while (events->size() < load.layers.size()) {
+        cudaEvent_t event = nullptr;
+        DP_TRY(cudaStatus(cudaEventCreateWithFlags(&event, cudaEventDisableTiming),
+                          "cudaEventCreateWithFlags"));
+        events->push_back(event);
+      }
     }
+    save_recorded_.assign(load.layers.size(), false);
+    saved_prefix_ = 0;
     active_ = true;
     request_id_ = load.request_id;
     layers_ = std::move(load.layers);
@@ -152,8 +157,21 @@ class CudaCopyEngine final : public LayerCopyEngine {
                         "cudaMemcpyAsync (save)"));
       counters_.bytes_saved += segment.bytes;
     }
+    // Recorded after every save of the layer so far: the event completes
+    // once all of them are done.
+    DP_TRY(cudaStatus(cudaEventRecord(save_events_[layer], save_stream_), "cudaEventRecord"));
+    save_recorded_[layer] = true;
     ++counters_.layers_saved;
     return Status::ok();
+  }
+
+  std::uint32_t layersSaved() const override {
+    std::lock_guard lock(mu_);
+    while (saved_prefix_ < save_recorded_.size() && save_recorded_[saved_prefix_] &&
+           cudaEventQuery(save_events_[saved_prefix_]) == cudaSuccess) {
+      ++saved_prefix_;
+    }
+    return saved_prefix_;
   }
 
   Status finish(CopyDeadline deadline) override {
@@ -217,6 +235,9 @@ class CudaCopyEngine final : public LayerCopyEngine {
   cudaStream_t save_stream_ = nullptr;
   cudaEvent_t saves_done_ = nullptr;
   std::vector<cudaEvent_t> layer_events_;  // grown to the longest load, reused
+  std::vector<cudaEvent_t> save_events_;   // per layer: its saves so far are done
+  std::vector<bool> save_recorded_;        // per layer of the load: saveLayer was called
+  mutable std::uint32_t saved_prefix_ = 0;
   mutable std::mutex mu_;
   std::condition_variable arrivals_;  // a layer was issued
   bool active_ = false;

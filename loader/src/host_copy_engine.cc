@@ -47,6 +47,8 @@ class HostCopyEngine final : public LayerCopyEngine {
     layers_ = std::move(load.layers);
     window_.reset(static_cast<std::uint32_t>(layers_.size()), lookahead_, load.sources_ready);
     saves_pending_ = 0;
+    saves_per_layer_.assign(layers_.size(), SavesOfLayer{});
+    saved_prefix_ = 0;
     issueReady();
     return Status::ok();
   }
@@ -75,6 +77,7 @@ class HostCopyEngine final : public LayerCopyEngine {
     DP_TRY(checkLayer(active_, request_id_, layer, window_.layers(), "saveLayer"));
     DP_TRY(validateSegments(request_id_, layer, segments, "saveLayer"));
     ++saves_pending_;
+    ++saves_per_layer_[layer].called;
     jobs_.push_back(Job{.generation = generation_, .save = true, .layer = layer,
                         .segments = std::move(segments)});
     wake_.notify_all();
@@ -99,12 +102,23 @@ class HostCopyEngine final : public LayerCopyEngine {
     return savesTimeout(request_id_, saves_pending_);
   }
 
+  std::uint32_t layersSaved() const override {
+    std::lock_guard lock(mu_);
+    return saved_prefix_;
+  }
+
   CopyEngineCounters counters() const override {
     std::lock_guard lock(mu_);
     return counters_;
   }
 
  private:
+  struct SavesOfLayer {
+    std::uint32_t called = 0;
+    std::uint32_t done = 0;
+    bool saved() const noexcept { return called != 0 && done == called; }
+  };
+
   struct Job {
     std::uint64_t generation = 0;
     bool save = false;
@@ -148,6 +162,10 @@ class HostCopyEngine final : public LayerCopyEngine {
   void finishJob(const Job& job, std::uint64_t bytes) {
     if (job.save) {
       --saves_pending_;
+      ++saves_per_layer_[job.layer].done;
+      while (saved_prefix_ < saves_per_layer_.size() && saves_per_layer_[saved_prefix_].saved()) {
+        ++saved_prefix_;
+      }
       ++counters_.layers_saved;
       counters_.bytes_saved += bytes;
     } else {
@@ -169,6 +187,8 @@ class HostCopyEngine final : public LayerCopyEngine {
   std::vector<std::vector<CopySegment>> layers_;
   LayerWindow window_;
   std::size_t saves_pending_ = 0;
+  std::vector<SavesOfLayer> saves_per_layer_;
+  std::uint32_t saved_prefix_ = 0;
   CopyEngineCounters counters_;
   std::thread worker_;  // last: starts once every member above exists
 };

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <deque>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -12,6 +13,7 @@
 #include <dualpath/common/params.h>
 #include <dualpath/loader/kv_relay.h>
 
+#include "relay_channel.h"
 #include "relay_protocol.h"
 
 namespace dualpath::loader {
@@ -26,193 +28,61 @@ using transport::Request;
 // Puts a server keeps in flight; the endpoint's request pool is the hard limit
 // (postPut says `again`), this leaves room for the notices.
 constexpr std::size_t kMaxPutsInFlight = 32;
-constexpr std::size_t kMaxSendsInFlight = 8;
 constexpr std::size_t kControlWindow = 2;  // receives the server keeps posted
 constexpr std::size_t kNoticeWindow = 8;   // receives the client keeps posted
 
-bool connectionLost(const Status& status) {
-  return status.code() == StatusCode::remote || status.code() == StatusCode::timeout;
-}
+using relay::checkPool;
+using relay::connectionLost;
+using relay::defaultCancelGrace;
+using relay::geometry;
+using relay::Inbox;
+using relay::Outbox;
+using relay::rawRequestId;
 
-std::string geometry(std::uint32_t layers, std::uint32_t tokens, std::uint32_t bytes) {
-  return fmt::format("{} layers x {} tokens x {} B", layers, tokens, bytes);
-}
-
-Status checkPool(const BufferPool& pool, const ModelSpec& model, std::string_view who) {
-  DP_TRY(validateBlockGeometry(model));
-  if (pool.slotBytes() < model.fullBlockBytes()) {
-    return Status(
-        StatusCode::invalid_argument,
-        fmt::format("{}: buffer '{}' has {}-byte slots, a Full Block of '{}' is {} B", who,
-                    pool.name(), pool.slotBytes(), model.name, model.fullBlockBytes()));
-  }
-  return Status::ok();
-}
-
-// Messages of one direction, sent in the order they were pushed: one tag is
-// one ordered stream, so posting order is arrival order.
-class Outbox {
- public:
-  explicit Outbox(std::uint32_t tag) : tag_(tag) {}
-
-  void push(std::vector<std::byte> bytes, std::uint64_t request_id = 0,
-            relay::MessageKind kind = relay::MessageKind::done) {
-    queued_.push_back(Queued{std::move(bytes), request_id, kind});
-  }
-
-  // Removes a queued, not yet posted message; false when it was posted.
-  bool unqueue(std::uint64_t request_id, relay::MessageKind kind) {
-    auto it = std::find_if(queued_.begin(), queued_.end(), [&](const Queued& q) {
-      return q.request_id == request_id && q.kind == kind;
-    });
-    if (it == queued_.end()) return false;
-    queued_.erase(it);
-    return true;
-  }
-
-  // Reaps completed sends and posts queued ones. The connection's error, if
-  // a send failed.
-  Status pump(Endpoint& endpoint) {
-    for (InFlight& f : inflight_) {
-      if (f.done) continue;
-      Status s = transport::test(f.request, &f.done, {});
-      if (!s.isOk()) {
-        f.done = true;  // a failed request is recycled too
-        return s;
-      }
-    }
-    while (!inflight_.empty() && inflight_.front().done) inflight_.pop_front();
-    while (!queued_.empty() && inflight_.size() < kMaxSendsInFlight) {
-      std::vector<std::byte>& bytes = queued_.front().bytes;
-      Result<Request*> posted = endpoint.postSend(bytes.data(), bytes.size(), tag_, nullptr);
-      if (!posted) {
-        if (posted.status().code() == StatusCode::again) break;
-        return std::move(posted).status();
-      }
-      inflight_.push_back(InFlight{std::move(bytes), *posted, false});
-      queued_.pop_front();
-    }
-    return Status::ok();
-  }
-
-  bool empty() const noexcept { return queued_.empty() && inflight_.empty(); }
-  // After the endpoint is closed: its requests are gone.
-  void drop() noexcept {
-    queued_.clear();
-    inflight_.clear();
-  }
-
- private:
-  struct Queued {
-    std::vector<std::byte> bytes;
-    std::uint64_t request_id;
-    relay::MessageKind kind;
-  };
-  struct InFlight {
-    std::vector<std::byte> bytes;  // owned until the send completes
-    Request* request;
-    bool done;
-  };
-  std::uint32_t tag_;
-  std::deque<Queued> queued_;
-  std::deque<InFlight> inflight_;
-};
-
-// A window of receives of one tag, handed over in posting order (the k-th
-// receive of a tag meets the k-th send of that tag).
-class Inbox {
- public:
-  using Handler = std::function<Status(std::span<const std::byte>)>;
-
-  Inbox(std::uint32_t tag, std::size_t window, std::size_t capacity) : tag_(tag), slots_(window) {
-    for (Slot& slot : slots_) slot.buffer.resize(capacity);
-  }
-
-  // Keeps the window posted and hands every completed receive, oldest first,
-  // to `handler`. The first error (the connection's, or the handler's).
-  Status pump(Endpoint& endpoint, const Handler& handler) {
-    while (true) {
-      while (posted_ < slots_.size()) {
-        Slot& slot = slots_[(head_ + posted_) % slots_.size()];
-        transport::RecvSlot recv{slot.buffer.data(), slot.buffer.size(), tag_};
-        Result<Request*> r = endpoint.postRecv({&recv, 1});
-        if (!r) {
-          if (r.status().code() == StatusCode::again) break;
-          return std::move(r).status();
-        }
-        slot.request = *r;
-        ++posted_;
-      }
-      if (posted_ == 0) return Status::ok();
-      Slot& head = slots_[head_];
-      bool done = false;
-      std::size_t size = 0;
-      Status s = transport::test(head.request, &done, {&size, 1});
-      if (!s.isOk()) {
-        // Recycled by test(); the rest die with the connection.
-        head_ = (head_ + 1) % slots_.size();
-        --posted_;
-        return s;
-      }
-      if (!done) return Status::ok();
-      head.request = nullptr;
-      head_ = (head_ + 1) % slots_.size();
-      --posted_;
-      DP_TRY(handler(std::span<const std::byte>(head.buffer.data(), size)));
-    }
-  }
-
-  void drop() noexcept {
-    posted_ = 0;
-    for (Slot& slot : slots_) slot.request = nullptr;
-  }
-
- private:
-  struct Slot {
-    std::vector<std::byte> buffer;
-    Request* request = nullptr;
-  };
-  std::uint32_t tag_;
-  std::vector<Slot> slots_;
-  std::size_t head_ = 0;
-  std::size_t posted_ = 0;
-};
-
-std::uint64_t rawRequestId(std::span<const std::byte> message) {
-  if (message.size() < relay::kHeaderBytes) return 0;
-  std::uint64_t id = 0;
-  for (int i = 0; i < 8; ++i)
-    id |= std::uint64_t{std::to_integer<std::uint8_t>(message[8 + i])} << (8 * i);
-  return id;
-}
-
-std::chrono::milliseconds defaultCancelGrace() {
-  Result<const params::Snapshot*> snapshot = params::global();
-  return std::chrono::milliseconds(snapshot ? (*snapshot)->net_timeout_ms : 30'000u);
-}
 
 }  // namespace
 
 // ============================================================== the server
 
 struct RelayServer::State {
+  // One put: Layer Blocks [layer, layer + layers) of one block, which are
+  // adjacent in the DE lease and in the PE slot (the Full Block layout).
   struct Put {
     Request* request;
-    std::uint32_t layer;
+    std::uint32_t run;  // index of the run of layers_per_put layers
+    std::uint32_t layers;
     bool done;
   };
+  // A relay's life on the DE: queued (waiting for DE buffer slots) ->
+  // admitted (one read batch per block submitted, reaped on every step) ->
+  // relaying, once it is the front relay: each block's runs of layers are
+  // put as soon as the block is read, while the later blocks are still
+  // being read; layer notices start once every read has its outcome (so
+  // every block_failed comes first) -> done. Several relays may be reading
+  // at once, so the DE's storage NIC reads the next requests while the
+  // front one is on the wire; only the front relay puts, so relays complete
+  // in order. One batch per block, because a batch's buffers are the
+  // store's until the whole batch is reaped.
+  enum class Phase : std::uint8_t { queued, admitted };
+  enum class Read : std::uint8_t { pending, ok, failed };
   struct Relay {
     relay::RequestMessage message;
     Deadline deadline;
-    bool started = false;  // buffers acquired, blocks read, puts may go
+    Phase phase = Phase::queued;
+    bool relaying = false;  // the front relay: the PE region is imported
     bool cancelled = false;
     std::vector<BufferLease> leases;
-    std::vector<std::size_t> good;  // indexes of the blocks read ok
+    std::vector<ReadBatch> batches;  // per block: its read, into leases[b]
+    std::vector<Read> reads;         // per block
+    std::size_t reads_pending = 0;
+    std::size_t next_reported = 0;  // block_failed notices go out in block order
+    std::uint32_t good = 0;         // blocks read ok
     std::uint32_t blocks_failed = 0;
     const transport::RemoteRegion* remote = nullptr;
-    std::uint32_t post_layer = 0;  // the next put: layer, position in `good`
-    std::size_t post_position = 0;
-    std::vector<std::uint32_t> outstanding;  // per layer: puts not yet complete
+    std::vector<std::uint32_t> runs_posted;  // per block: runs put so far
+    std::vector<std::uint32_t> run_blocks;   // per run: blocks whose put of it was posted
+    std::vector<std::uint32_t> outstanding;  // per run: puts not yet complete
+    std::uint32_t first_open_run = 0;        // runs before it are posted for every good block
     std::uint32_t next_notice = 0;
     std::deque<Put> puts;
     Status ending;  // set when the relay stops early
@@ -221,6 +91,7 @@ struct RelayServer::State {
   BlockStore& store;
   BufferPool& pool;
   ModelSpec model;
+  std::uint32_t layers_per_put = 1;
   std::string peer;
   std::unique_ptr<transport::MemoryRegion> region;
   // The PE region last imported: requests usually name the same one.
@@ -228,7 +99,10 @@ struct RelayServer::State {
   std::uint64_t remote_base = 0;
   std::uint64_t remote_length = 0;
   std::unique_ptr<transport::RemoteRegion> remote;
-  std::deque<Relay> queue;  // front() is the active relay once started
+  // In arrival order; front() is the relaying one. Held by pointer: a read
+  // batch in flight must not move (the store keeps pointers to its reads),
+  // and relays leave from the middle (cancel).
+  std::deque<std::unique_ptr<Relay>> queue;
   Outbox outbox{relay::kNoticeTag};
   Inbox inbox{relay::kControlTag, kControlWindow, relay::kMaxControlBytes};
   RelayServerCounters counters;
@@ -238,9 +112,26 @@ struct RelayServer::State {
   std::unique_ptr<Endpoint> endpoint;
 
   State(BlockStore& s, BufferPool& p, ModelSpec m) : store(s), pool(p), model(std::move(m)) {}
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
+  ~State() {
+    endpoint.reset();  // no put reads the DE buffer after this
+    for (std::unique_ptr<Relay>& r : queue) endReads(*r);
+  }
+
+  std::uint32_t runs() const { return (model.layers + layers_per_put - 1) / layers_per_put; }
 
   std::string where(std::uint64_t request_id) const {
     return fmt::format("relay {} for PE {}", request_id, peer);
+  }
+
+  // The destinations of a batch in flight belong to the store: a deadline
+  // already past ends whatever is pending at once, so the leases may go.
+  void endReads(Relay& r) {
+    for (ReadBatch& batch : r.batches) {
+      if (batch.inFlight()) (void)store.wait(batch, Deadline{});
+    }
   }
 
   void sendDone(std::uint64_t request_id, Status status, std::uint32_t layers,
@@ -254,6 +145,14 @@ struct RelayServer::State {
     std::vector<std::byte> bytes;
     relay::encode(relay::DoneMessage{request_id, std::move(status), layers, failed}, bytes);
     outbox.push(std::move(bytes));
+  }
+
+  // Ends a relay that has no put in flight: done, and out of the queue.
+  void endRelay(std::size_t index, Status why) {
+    Relay& r = *queue[index];
+    endReads(r);
+    sendDone(r.message.request_id, std::move(why), r.next_notice, r.blocks_failed);
+    queue.erase(queue.begin() + static_cast<std::ptrdiff_t>(index));
   }
 
   Status onControl(std::span<const std::byte> message) {
@@ -273,9 +172,9 @@ struct RelayServer::State {
           return Status::ok();
         }
         ++counters.requests;
-        Relay r;
-        r.deadline = Clock::now() + std::chrono::milliseconds(request->budget_ms);
-        r.message = std::move(request).value();
+        auto r = std::make_unique<Relay>();
+        r->deadline = Clock::now() + std::chrono::milliseconds(request->budget_ms);
+        r->message = std::move(request).value();
         queue.push_back(std::move(r));
         return Status::ok();
       }
@@ -286,15 +185,14 @@ struct RelayServer::State {
           return Status::ok();
         }
         for (std::size_t i = 0; i < queue.size(); ++i) {
-          if (queue[i].message.request_id != *id) continue;
-          if (i == 0 && queue[i].started) {
-            queue[i].cancelled = true;  // stops at the next step, after its puts
+          Relay& r = *queue[i];
+          if (r.message.request_id != *id) continue;
+          if (r.relaying) {
+            r.cancelled = true;  // stops at the next step, after its puts
           } else {
-            sendDone(*id,
-                     Status(StatusCode::timeout,
-                            fmt::format("{}: cancelled by the PE before it started", where(*id))),
-                     0, 0);
-            queue.erase(queue.begin() + static_cast<std::ptrdiff_t>(i));
+            // Nothing was put: end it now, its reads (if any) cut short.
+            endRelay(i, Status(StatusCode::timeout,
+                               fmt::format("{}: cancelled by the PE before it started", where(*id))));
           }
           break;
         }
@@ -352,83 +250,183 @@ struct RelayServer::State {
     return remote.get();
   }
 
-  enum class Start { started, waiting, ended };
+  enum class Admit { admitted, waiting, ended };
 
-  // Buffers, then the reads, then the PE region. `waiting` for buffers;
-  // `ended` (a done is queued, the relay popped) when it cannot start.
-  Start start(Relay& r) {
+  // A queued relay: its DE buffer slots, then its reads, one batch per
+  // block. `waiting` for buffers; `ended` (a done is queued, the relay
+  // erased) when it cannot start.
+  Admit admit(std::size_t index) {
+    Relay& r = *queue[index];
     const std::uint64_t id = r.message.request_id;
     if (Status bad = validate(r.message); !bad.isOk()) {
-      sendDone(id, std::move(bad), 0, 0);
-      queue.pop_front();
-      return Start::ended;
+      endRelay(index, std::move(bad));
+      return Admit::ended;
     }
     if (Clock::now() >= r.deadline) {
-      sendDone(id,
-               Status(StatusCode::timeout,
-                      fmt::format("{}: the budget ran out while waiting for DE buffer '{}'",
-                                  where(id), pool.name())),
-               0, 0);
-      queue.pop_front();
-      return Start::ended;
+      endRelay(index, Status(StatusCode::timeout,
+                             fmt::format("{}: the budget ran out while waiting for DE buffer '{}'",
+                                         where(id), pool.name())));
+      return Admit::ended;
     }
     // All or nothing, so that relays waiting for buffers cannot deadlock.
     const std::size_t n = r.message.blocks.size();
-    if (pool.available() < n) return Start::waiting;
+    if (pool.available() < n) return Admit::waiting;
     r.leases.clear();
     for (std::size_t i = 0; i < n; ++i) {
       Result<BufferLease> lease = pool.acquire();
       if (!lease) {
         r.leases.clear();
-        return Start::waiting;  // someone else took one meanwhile
+        return Admit::waiting;  // someone else took one meanwhile
       }
       r.leases.push_back(std::move(lease).value());
     }
-    ReadBatch batch;
+    r.phase = Phase::admitted;
+    r.batches = std::vector<ReadBatch>(n);
+    r.reads.assign(n, Read::pending);
+    r.runs_posted.assign(n, 0);
+    r.run_blocks.assign(runs(), 0);
+    r.outstanding.assign(runs(), 0);
+    // Counted before submit so that a test can see the overlap: an earlier
+    // relay of this server is still being served while these reads start.
+    ++counters.read_batches;
+    if (index > 0) ++counters.read_batches_overlapped;
     for (std::size_t i = 0; i < n; ++i) {
-      batch.add(r.message.blocks[i].id, r.leases[i].bytes().first(model.fullBlockBytes()));
-    }
-    if (Status read = store.read(batch, r.deadline); !read.isOk()) {
-      sendDone(id, std::move(read).withContext(fmt::format("{}: reading the blocks", where(id))), 0,
-               0);
-      queue.pop_front();
-      return Start::ended;
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      const BlockRead& read = batch.reads()[i];
-      if (read.status.isOk()) {
-        r.good.push_back(i);
-        continue;
+      r.batches[i].add(r.message.blocks[i].id, r.leases[i].bytes().first(model.fullBlockBytes()));
+      if (Status submitted = store.submit(r.batches[i]); !submitted.isOk()) {
+        endRelay(index, std::move(submitted).withContext(fmt::format(
+                            "{}: reading block {}", where(id), r.message.blocks[i].id.toHex())));
+        return Admit::ended;
       }
+      ++r.reads_pending;
+    }
+    return Admit::admitted;
+  }
+
+  // Reaps an admitted relay's reads without blocking, and announces the
+  // failed blocks in block order (all before any layer of the request, since
+  // notices wait for every read). false when the relay ended (a done is
+  // queued, the relay erased).
+  bool reap(std::size_t index) {
+    Relay& r = *queue[index];
+    const std::uint64_t id = r.message.request_id;
+    const bool spent = Clock::now() >= r.deadline;
+    for (std::size_t b = 0; b < r.batches.size() && r.reads_pending > 0; ++b) {
+      ReadBatch& batch = r.batches[b];
+      if (!batch.inFlight()) continue;
+      Status broken = Status::ok();
+      bool complete = false;
+      if (spent) {
+        // The budget is spent: its deadline is past, so this returns at
+        // once, ending the read as timeout if it is still pending.
+        broken = store.wait(batch, r.deadline);
+        complete = broken.isOk();
+      } else {
+        Result<bool> polled = store.poll(batch);
+        if (polled) {
+          complete = *polled;
+        } else {
+          broken = std::move(polled).status();
+        }
+      }
+      if (!broken.isOk()) {
+        Status why = std::move(broken).withContext(
+            fmt::format("{}: reading block {}", where(id), r.message.blocks[b].id.toHex()));
+        if (r.relaying) {
+          stopEarly(r, std::move(why));  // its puts in flight end first
+          return true;
+        }
+        endRelay(index, std::move(why));
+        return false;
+      }
+      if (!complete) continue;
+      --r.reads_pending;
+      if (batch.reads()[0].status.isOk()) {
+        r.reads[b] = Read::ok;
+        ++r.good;
+      } else {
+        r.reads[b] = Read::failed;
+      }
+    }
+    while (r.next_reported < r.reads.size() && r.reads[r.next_reported] != Read::pending) {
+      const std::size_t b = r.next_reported++;
+      if (r.reads[b] != Read::failed) continue;
+      const BlockRead& read = r.batches[b].reads()[0];
       ++r.blocks_failed;
       ++counters.blocks_failed;
       std::vector<std::byte> bytes;
       relay::encode(
-          relay::BlockFailedMessage{id, static_cast<std::uint32_t>(i), read.id, read.status},
+          relay::BlockFailedMessage{id, static_cast<std::uint32_t>(b), read.id, read.status},
           bytes);
       outbox.push(std::move(bytes));
     }
+    return true;
+  }
+
+  // The front relay becomes the relaying one: the PE region for its puts.
+  // false when it ended.
+  bool beginRelaying() {
+    Relay& r = *queue.front();
+    const std::uint64_t id = r.message.request_id;
     Result<const transport::RemoteRegion*> imported = importRemote(r.message);
     if (!imported) {
-      sendDone(id,
-               std::move(imported).status().withContext(
-                   fmt::format("{}: importing the PE buffer's key", where(id))),
-               0, r.blocks_failed);
-      queue.pop_front();
-      return Start::ended;
+      endRelay(0, std::move(imported).status().withContext(
+                      fmt::format("{}: importing the PE buffer's key", where(id))));
+      return false;
     }
     r.remote = *imported;
-    r.outstanding.assign(r.message.layers, 0);
-    if (r.good.empty()) r.post_layer = r.message.layers;  // nothing to put
-    r.started = true;
-    return Start::started;
+    r.relaying = true;
+    return true;
   }
 
   void stopEarly(Relay& r, Status why) {
     if (r.ending.isOk()) r.ending = std::move(why);
   }
 
-  // One step of the active relay. An error only when the connection is lost.
+  // Posts the next puts: run-major over the blocks read so far, so a run's
+  // puts go out as soon as their blocks are read and the layers of one run
+  // complete before those of the next. false when the connection is lost
+  // (the error in `lost`).
+  bool postPuts(Relay& r, Status& lost) {
+    const std::uint64_t id = r.message.request_id;
+    const std::uint64_t layer_bytes = model.layerBlockBytes();
+    const std::uint32_t total_runs = runs();
+    for (std::uint32_t run = r.first_open_run; run < total_runs; ++run) {
+      const std::uint32_t first_layer = run * layers_per_put;
+      const std::uint32_t layers = std::min(layers_per_put, r.message.layers - first_layer);
+      for (std::size_t b = 0; b < r.reads.size(); ++b) {
+        if (!r.ending.isOk() || r.puts.size() >= kMaxPutsInFlight) return true;
+        if (r.reads[b] != Read::ok || r.runs_posted[b] != run) continue;
+        const std::byte* local = r.leases[b].bytes().data() + first_layer * layer_bytes;
+        const std::uint64_t offset = r.message.blocks[b].slot_offset + first_layer * layer_bytes;
+        Result<Request*> put = endpoint->postPut(local, std::uint64_t{layers} * layer_bytes,
+                                                 region.get(), *r.remote, offset);
+        if (!put) {
+          if (put.status().code() == StatusCode::again) return true;
+          if (connectionLost(put.status())) {
+            lost = std::move(put).status();
+            return false;
+          }
+          stopEarly(r, std::move(put).status().withContext(fmt::format(
+                           "{}: block {}: put of layers {} to {}", where(id),
+                           r.message.blocks[b].id.toHex(), first_layer, first_layer + layers - 1)));
+          return true;
+        }
+        r.puts.push_back(Put{*put, run, layers, false});
+        ++r.outstanding[run];
+        ++r.run_blocks[run];
+        ++r.runs_posted[b];
+      }
+      // A later run may start for the blocks read so far, but the scan can
+      // skip this one only once every good block has it.
+      if (r.reads_pending == 0 && r.run_blocks[run] == r.good && run == r.first_open_run) {
+        ++r.first_open_run;
+      }
+    }
+    return true;
+  }
+
+  // One step of the relaying (front) relay. An error only when the
+  // connection is lost.
   Status advance(Relay& r) {
     const std::uint64_t id = r.message.request_id;
     const std::uint64_t layer_bytes = model.layerBlockBytes();
@@ -439,14 +437,15 @@ struct RelayServer::State {
       if (!s.isOk()) {
         put.done = true;
         if (connectionLost(s)) return s;
-        stopEarly(
-            r, std::move(s).withContext(fmt::format("{}: put of layer {}", where(id), put.layer)));
-        --r.outstanding[put.layer];
+        const std::uint32_t first = put.run * layers_per_put;
+        stopEarly(r, std::move(s).withContext(fmt::format("{}: put of layers {} to {}", where(id),
+                                                          first, first + put.layers - 1)));
+        --r.outstanding[put.run];
         continue;
       }
       if (put.done) {
-        --r.outstanding[put.layer];
-        counters.bytes_put += layer_bytes;
+        --r.outstanding[put.run];
+        counters.bytes_put += std::uint64_t{put.layers} * layer_bytes;
       }
     }
     while (!r.puts.empty() && r.puts.front().done) r.puts.pop_front();
@@ -460,61 +459,56 @@ struct RelayServer::State {
                           fmt::format("{}: the budget ran out after {} of {} layers landed",
                                       where(id), r.next_notice, r.message.layers)));
     }
-    // Notices: a layer is announced once all its puts are remote-complete,
-    // and only in order.
-    while (r.ending.isOk() && r.next_notice < r.message.layers && r.post_layer > r.next_notice &&
-           r.outstanding[r.next_notice] == 0) {
+    // Notices: once every read has its outcome (every block_failed went
+    // first), a layer is announced when its run's puts for every good block
+    // are remote-complete, and only in order.
+    while (r.ending.isOk() && r.reads_pending == 0 && r.next_notice < r.message.layers) {
+      const std::uint32_t run = r.next_notice / layers_per_put;
+      if (r.run_blocks[run] != r.good || r.outstanding[run] != 0) break;
       std::vector<std::byte> bytes;
-      relay::encode(
-          relay::LayerLandedMessage{id, r.next_notice, static_cast<std::uint32_t>(r.good.size())},
-          bytes);
+      relay::encode(relay::LayerLandedMessage{id, r.next_notice, r.good}, bytes);
       outbox.push(std::move(bytes));
       ++counters.layers_landed;
       ++r.next_notice;
     }
-    // More puts, layer-major, so layer l completes before l + 1.
-    while (r.ending.isOk() && r.post_layer < r.message.layers && r.puts.size() < kMaxPutsInFlight) {
-      const std::size_t b = r.good[r.post_position];
-      const std::byte* local =
-          r.leases[b].bytes().data() + std::uint64_t{r.post_layer} * layer_bytes;
-      const std::uint64_t offset =
-          r.message.blocks[b].slot_offset + std::uint64_t{r.post_layer} * layer_bytes;
-      Result<Request*> put = endpoint->postPut(local, layer_bytes, region.get(), *r.remote, offset);
-      if (!put) {
-        if (put.status().code() == StatusCode::again) break;
-        if (connectionLost(put.status())) return std::move(put).status();
-        stopEarly(r, std::move(put).status().withContext(
-                         fmt::format("{}: block {}: put of layer {}", where(id),
-                                     r.message.blocks[b].id.toHex(), r.post_layer)));
-        break;
-      }
-      r.puts.push_back(Put{*put, r.post_layer, false});
-      ++r.outstanding[r.post_layer];
-      if (++r.post_position == r.good.size()) {
-        r.post_position = 0;
-        ++r.post_layer;
-      }
-    }
+    Status lost = Status::ok();
+    if (r.ending.isOk() && !postPuts(r, lost)) return lost;
     // The end: every layer announced, or stopped with nothing in flight.
     const bool finished = r.ending.isOk() ? r.next_notice == r.message.layers : r.puts.empty();
-    if (finished) {
-      sendDone(id, r.ending, r.next_notice, r.blocks_failed);
-      queue.pop_front();  // gives the leases back: nothing reads them any more
-    }
+    if (finished) endRelay(0, r.ending);  // gives the leases back: nothing reads them any more
     return Status::ok();
   }
 
   Status step() {
     DP_TRY(inbox.pump(*endpoint, [this](std::span<const std::byte> m) { return onControl(m); }));
-    // Start relays until one is active or waits for buffers.
-    while (!queue.empty()) {
-      if (!queue.front().started) {
-        const Start started = start(queue.front());
-        if (started == Start::waiting) break;
-        if (started == Start::ended) continue;  // try the next
+    // Reads first, so that a relay's storage reads are under way while the
+    // front relay's puts are on the wire. Relays get their DE buffer slots
+    // in arrival order: the first that cannot get them stops the others.
+    for (std::size_t i = 0; i < queue.size();) {
+      if (queue[i]->phase == Phase::queued) {
+        const Admit admitted = admit(i);
+        if (admitted == Admit::waiting) break;
+        if (admitted == Admit::ended) continue;  // erased: `i` is the next one
       }
+      if (queue[i]->reads_pending > 0 && !reap(i)) continue;
+      // A relay read and waiting for its turn whose budget ran out gives
+      // its buffers back now rather than when it reaches the front.
+      if (i > 0 && queue[i]->reads_pending == 0 && Clock::now() >= queue[i]->deadline) {
+        endRelay(i, Status(StatusCode::timeout,
+                           fmt::format("{}: the budget ran out after 0 of {} layers landed",
+                                       where(queue[i]->message.request_id), model.layers)));
+        continue;
+      }
+      ++i;
+    }
+    // The front relay relays (its blocks may still be arriving). The next
+    // relay takes over in the same step when it ends.
+    while (!queue.empty()) {
+      Relay& front = *queue.front();
+      if (front.phase == Phase::queued) break;
+      if (!front.relaying && !beginRelaying()) continue;
       const std::size_t before = queue.size();
-      DP_TRY(advance(queue.front()));
+      DP_TRY(advance(front));
       if (queue.size() == before) break;  // still running
     }
     return outbox.pump(*endpoint);
@@ -527,35 +521,26 @@ struct RelayServer::State {
     inbox.drop();
     outbox.drop();
     counters.relays_failed += queue.size();
+    for (std::unique_ptr<Relay>& r : queue) endReads(*r);
     queue.clear();
   }
 };
 
 Result<std::unique_ptr<RelayServer>> RelayServer::create(std::unique_ptr<Endpoint> endpoint,
                                                          BlockStore& store, BufferPool& pool,
-                                                         const ModelSpec& model) {
+                                                         const ModelSpec& model,
+                                                         RelayServerOptions options) {
   if (!endpoint) return Status(StatusCode::invalid_usage, "kv relay server: no endpoint");
   const std::string who = fmt::format("kv relay server for PE {}", endpoint->peerName());
   DP_TRY(checkPool(pool, model, who));
-  const ModelSpec& stored = store.model();
-  if (stored.layers != model.layers || stored.block_tokens != model.block_tokens ||
-      stored.kv_bytes_per_token_per_layer != model.kv_bytes_per_token_per_layer) {
-    return Status(
-        StatusCode::invalid_argument,
-        fmt::format(
-            "{}: the store holds '{}' ({}), the relay serves '{}' ({})", who, stored.name,
-            geometry(stored.layers, stored.block_tokens, stored.kv_bytes_per_token_per_layer),
-            model.name,
-            geometry(model.layers, model.block_tokens, model.kv_bytes_per_token_per_layer)));
-  }
+  DP_TRY(relay::checkStore(store, model, who, "relay serves"));
+  DP_TRY_ASSIGN(relay::RegisteredPool registered,
+                relay::registerPool(*endpoint, pool, who, /*pack_key=*/false));
   auto state = std::make_unique<State>(store, pool, model);
+  state->layers_per_put = static_cast<std::uint32_t>(std::clamp<std::uint64_t>(
+      options.max_put_bytes / model.layerBlockBytes(), 1, model.layers));
   state->peer = endpoint->peerName();
-  auto region = endpoint->registerMemory(pool.region().data(), pool.region().size());
-  if (!region) {
-    return std::move(region).status().withContext(
-        fmt::format("{}: registering DE buffer '{}'", who, pool.name()));
-  }
-  state->region = std::move(region).value();
+  state->region = std::move(registered.region);
   state->endpoint = std::move(endpoint);
   return std::unique_ptr<RelayServer>(new RelayServer(std::move(state)));
 }
@@ -597,6 +582,8 @@ struct RelayClient::State {
   std::unique_ptr<transport::MemoryRegion> region;
   std::vector<std::byte> remote_key;
   std::map<std::uint64_t, Relay> relays;
+  // Events that arrived during a pollRelays() of another caller's relays.
+  std::vector<RelayEvent> held;
   Outbox outbox{relay::kControlTag};
   Inbox inbox{relay::kNoticeTag, kNoticeWindow, relay::kMaxNoticeBytes};
   Status failure;
@@ -833,22 +820,12 @@ Result<std::unique_ptr<RelayClient>> RelayClient::create(std::unique_ptr<Endpoin
   }
   const auto grace =
       options.cancel_grace.count() == 0 ? defaultCancelGrace() : options.cancel_grace;
+  DP_TRY_ASSIGN(relay::RegisteredPool registered,
+                relay::registerPool(*endpoint, pool, who, /*pack_key=*/true));
   auto state = std::make_unique<State>(pool, model, grace);
   state->peer = endpoint->peerName();
-  auto region = endpoint->registerMemory(pool.region().data(), pool.region().size());
-  if (!region) {
-    return std::move(region).status().withContext(
-        fmt::format("{}: registering PE buffer '{}'", who, pool.name()));
-  }
-  auto key = (*region)->packRemoteKey();
-  if (!key) return std::move(key).status().withContext(who);
-  if (key->empty() || key->size() > relay::kMaxRemoteKeyBytes) {
-    return Status(StatusCode::unsupported,
-                  fmt::format("{}: UCX packed a {}-byte remote key; the relay carries 1 to {} B",
-                              who, key->size(), relay::kMaxRemoteKeyBytes));
-  }
-  state->remote_key = std::move(key).value();
-  state->region = std::move(region).value();
+  state->remote_key = std::move(registered.remote_key);
+  state->region = std::move(registered.region);
   state->endpoint = std::move(endpoint);
   return std::unique_ptr<RelayClient>(new RelayClient(std::move(state)));
 }
@@ -902,9 +879,34 @@ Status RelayClient::startRelay(RelayRequest request) {
 
 Status RelayClient::poll(std::vector<RelayEvent>& events) {
   State& s = *state_;
+  // Events held for a pollRelays() caller come first: they are older.
+  std::move(s.held.begin(), s.held.end(), std::back_inserter(events));
+  s.held.clear();
   if (!s.failure.isOk()) return s.failure;
   if (Status step = s.step(events); !step.isOk()) s.fail(std::move(step), events);
   return s.failure;
+}
+
+Status RelayClient::pollRelays(std::span<const std::uint64_t> request_ids,
+                               std::vector<RelayEvent>& events) {
+  State& s = *state_;
+  std::vector<RelayEvent> fresh;
+  Status connection = Status::ok();
+  if (s.failure.isOk()) {
+    if (Status step = s.step(fresh); !step.isOk()) s.fail(std::move(step), fresh);
+  }
+  connection = s.failure;
+  std::move(fresh.begin(), fresh.end(), std::back_inserter(s.held));
+  // Hand out the caller's events, keeping each request's order; the rest
+  // stay held for their own caller.
+  auto mine = [&](const RelayEvent& e) {
+    return std::find(request_ids.begin(), request_ids.end(), e.request_id) != request_ids.end();
+  };
+  auto others = std::stable_partition(s.held.begin(), s.held.end(),
+                                      [&](const RelayEvent& e) { return !mine(e); });
+  std::move(others, s.held.end(), std::back_inserter(events));
+  s.held.erase(others, s.held.end());
+  return connection;
 }
 
 std::size_t RelayClient::relaysInFlight() const noexcept {

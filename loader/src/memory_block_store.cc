@@ -45,37 +45,51 @@ Status MemoryBlockStore::doSubmit(std::span<BlockRead> /*reads*/) {
 
 Status MemoryBlockStore::doWait(std::span<BlockRead> reads, Deadline deadline) {
   for (BlockRead& read : reads) {
-    const std::string where = fmt::format("block {} in memory", read.id.toHex());
-    read.status = [&]() -> Status {
-      if (Clock::now() >= deadline) {
-        return Status(StatusCode::timeout,
-                      fmt::format("{}: the deadline passed before the read started", where));
-      }
-      auto it = blocks_.find(read.id);
-      if (it == blocks_.end())
-        return Status(StatusCode::not_found, fmt::format("{}: absent", where));
-      const std::span<const std::byte> stored = it->second;
-      Result<std::uint64_t> checksum = verifyBlockHeader(
-          stored.first(std::min(stored.size(), kBlockHeaderBytes)), model(), read.id);
-      if (!checksum) return std::move(checksum).status().withContext(where);
-      const std::size_t available = stored.size() - kBlockHeaderBytes;
-      if (available != read.destination.size()) {
-        return Status(StatusCode::corrupt, fmt::format("{}: truncated payload: {} of {} bytes",
-                                                       where, available, read.destination.size()));
-      }
-      std::memcpy(read.destination.data(), stored.data() + kBlockHeaderBytes, available);
-      Status verified = verifyBlockPayload(read.destination, *checksum);
-      if (!verified) return std::move(verified).withContext(where);
-      return Status::ok();
-    }();
-    if (read.status) {
-      ++counters_.reads_ok;
-      counters_.bytes_read += read.destination.size();
-    } else {
+    if (Clock::now() >= deadline) {
+      read.status = Status(StatusCode::timeout,
+                           fmt::format("block {} in memory: the deadline passed before the read "
+                                       "started",
+                                       read.id.toHex()));
       ++counters_.reads_failed;
+      continue;
     }
+    read.status = readOne(read);
   }
   return Status::ok();
+}
+
+Result<bool> MemoryBlockStore::doPoll(std::span<BlockRead> reads) {
+  for (BlockRead& read : reads) read.status = readOne(read);
+  return true;
+}
+
+// Copies and verifies one block; counts its outcome.
+Status MemoryBlockStore::readOne(BlockRead& read) {
+  const std::string where = fmt::format("block {} in memory", read.id.toHex());
+  Status outcome = [&]() -> Status {
+    auto it = blocks_.find(read.id);
+    if (it == blocks_.end()) return Status(StatusCode::not_found, fmt::format("{}: absent", where));
+    const std::span<const std::byte> stored = it->second;
+    Result<std::uint64_t> checksum = verifyBlockHeader(
+        stored.first(std::min(stored.size(), kBlockHeaderBytes)), model(), read.id);
+    if (!checksum) return std::move(checksum).status().withContext(where);
+    const std::size_t available = stored.size() - kBlockHeaderBytes;
+    if (available != read.destination.size()) {
+      return Status(StatusCode::corrupt, fmt::format("{}: truncated payload: {} of {} bytes", where,
+                                                     available, read.destination.size()));
+    }
+    std::memcpy(read.destination.data(), stored.data() + kBlockHeaderBytes, available);
+    Status verified = verifyBlockPayload(read.destination, *checksum);
+    if (!verified) return std::move(verified).withContext(where);
+    return Status::ok();
+  }();
+  if (outcome) {
+    ++counters_.reads_ok;
+    counters_.bytes_read += read.destination.size();
+  } else {
+    ++counters_.reads_failed;
+  }
+  return outcome;
 }
 
 }  // namespace dualpath::loader

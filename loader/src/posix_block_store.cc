@@ -440,4 +440,8 @@ Status PosixBlockStore::doWait(std::span<BlockRead> reads, Deadline deadline) {
   return impl_->reader_->wait(reads, deadline);
 }
 
+Result<bool> PosixBlockStore::doPoll(std::span<BlockRead> reads) {
+  return impl_->reader_->poll(reads);
+}
+
 }  // namespace dualpath::loader

@@ -78,23 +78,36 @@ bool BlockFiles::open(BlockRead& read, OpenBlock& out) {
 
 void BlockFiles::finish(BlockRead& read, const std::string& path, std::span<const std::byte> header,
                         std::size_t header_bytes, std::size_t payload_bytes, int error) {
+  const std::optional<std::uint64_t> checksum =
+      checkHeader(read, path, header, header_bytes, payload_bytes, error);
+  if (checksum) verifyPayload(read, path, *checksum);
+}
+
+std::optional<std::uint64_t> BlockFiles::checkHeader(BlockRead& read, const std::string& path,
+                                                     std::span<const std::byte> header,
+                                                     std::size_t header_bytes,
+                                                     std::size_t payload_bytes, int error) {
   if (error != 0) {
     fail(read, Status(StatusCode::io,
                       fmt::format("{}: read: {}", where(read, path), std::strerror(error))));
-    return;
+    return std::nullopt;
   }
   Result<std::uint64_t> checksum = verifyBlockHeader(header.first(header_bytes), model_, read.id);
   if (!checksum) {
     fail(read, std::move(checksum).status().withContext(where(read, path)));
-    return;
+    return std::nullopt;
   }
   if (payload_bytes != read.destination.size()) {
     fail(read, Status(StatusCode::corrupt,
                       fmt::format("{}: truncated payload: {} of {} bytes", where(read, path),
                                   payload_bytes, read.destination.size())));
-    return;
+    return std::nullopt;
   }
-  Status verified = verifyBlockPayload(read.destination, *checksum);
+  return *checksum;
+}
+
+void BlockFiles::verifyPayload(BlockRead& read, const std::string& path, std::uint64_t checksum) {
+  Status verified = verifyBlockPayload(read.destination, checksum);
   if (!verified) {
     fail(read, std::move(verified).withContext(where(read, path)));
     return;

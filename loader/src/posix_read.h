@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -88,11 +89,22 @@ class BlockFiles {
   // (not_found or io) and returns false.
   bool open(BlockRead& read, OpenBlock& out);
 
-  // Gives `read` its outcome from what its two reads did: `header_bytes` of the
+  // Gives `read` its outcome from what its reads did: `header_bytes` of the
   // header and `payload_bytes` of the payload arrived, or `error` (an errno,
-  // 0 when none) stopped them.
+  // 0 when none) stopped them. checkHeader() then verifyPayload().
   void finish(BlockRead& read, const std::string& path, std::span<const std::byte> header,
               std::size_t header_bytes, std::size_t payload_bytes, int error);
+
+  // finish() in two steps, so that an engine can reuse the header buffer and
+  // start more reads before it hashes the payload. checkHeader() checks
+  // everything but the payload checksum and returns that checksum; on failure
+  // it gives `read` its outcome and returns nullopt. verifyPayload() gives
+  // `read` its outcome from the payload checksum.
+  std::optional<std::uint64_t> checkHeader(BlockRead& read, const std::string& path,
+                                           std::span<const std::byte> header,
+                                           std::size_t header_bytes, std::size_t payload_bytes,
+                                           int error);
+  void verifyPayload(BlockRead& read, const std::string& path, std::uint64_t checksum);
 
   // Gives `read` the timeout outcome.
   void timeOut(BlockRead& read, const std::string& path);
@@ -109,13 +121,15 @@ class BlockFiles {
   bool logged_misaligned_ = false;
 };
 
-// Moves the bytes of a batch: submit() starts, wait() ends every read.
+// Moves the bytes of a batch: submit() starts, wait() ends every read;
+// poll() ends those that have completed, as BlockStore::doPoll().
 class Reader {
  public:
   virtual ~Reader() = default;
   virtual Status registerBuffers(std::span<const std::span<std::byte>> regions) = 0;
   virtual Status submit(std::span<BlockRead> reads) = 0;
   virtual Status wait(std::span<BlockRead> reads, Deadline deadline) = 0;
+  virtual Result<bool> poll(std::span<BlockRead> reads) = 0;
 };
 
 std::unique_ptr<Reader> makePreadReader(BlockFiles& files);

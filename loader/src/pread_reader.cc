@@ -1,5 +1,8 @@
 // The pread engine: each block read with two blocking pread loops, in wait().
 // The fallback when io_uring is unavailable, and a baseline for the benchmark.
+// pread is synchronous, so poll() does the whole batch's reads itself and
+// returns true: it never waits for another read to complete, but it takes as
+// long as the reads take.
 #include <cerrno>
 
 #include <dualpath/loader/block_format.h>
@@ -63,6 +66,11 @@ class PreadReader final : public Reader {
                     head.error != 0 ? head.error : body.error);
     }
     return Status::ok();
+  }
+
+  Result<bool> poll(std::span<BlockRead> reads) override {
+    DP_TRY(wait(reads, Deadline::max()));
+    return true;
   }
 
  private:

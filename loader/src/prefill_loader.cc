@@ -2,20 +2,16 @@
 // fallback between them, and the copy engine, behind one deadline and one
 // terminal state (prefill_loader.h).
 //
-// Order of work inside poll(). The relay is polled first and never waits. The
-// PE-path batch is waited for (BlockStore::wait, synchronous) only once the
-// relay is done, because
-//  - a wait cannot be sliced: a read not complete at wait()'s deadline ends
-//    as timeout, so the only deadline to give it is the load's;
-//  - nothing polls the relay while the thread is inside wait(), and over tcp
-//    the DE's puts need the PE's progress: waiting first would stall the
-//    relay for the whole read;
-//  - the PE reads run meanwhile (io_uring has them from submit()), so both
-//    paths' storage bandwidth is used at once;
-//  - a layer goes to the copy engine only when every PE-path read is done,
-//    so nothing is handed out earlier by waiting earlier.
-// The cost: when a load has PE-path blocks, its layers are handed out only
-// after the relay is done. A DE-only load hands each layer out as it lands.
+// Order of work inside poll(), none of which waits: the relay is polled
+// (its events of this load only, so several loaders may share a client), the
+// PE-path batch is reaped with the store's non-blocking poll, a fallback
+// batch goes out for the blocks the relay did not deliver, and the layers in
+// the PE buffer for every copied block go to the copy engine. So in a load
+// that uses both paths the relayed layers go out as they land, once the
+// PE-path reads are done, and the relay keeps being polled (over tcp the
+// DE's puts need the PE's progress) while the PE reads are outstanding. A
+// batch still in flight at the load's deadline is ended by store.wait() with
+// that deadline, which has passed and so returns at once.
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -259,6 +255,15 @@ bool PrefillLoader::quiet() const noexcept {
   return draining_.empty() && !(load_ && load_->relay_in_flight);
 }
 
+// The relays whose events this loader takes from a (possibly shared) client:
+// the load's own, and those of ended loads that are still draining.
+std::vector<std::uint64_t> PrefillLoader::relayIds() const {
+  std::vector<std::uint64_t> ids;
+  if (load_ && load_->relay_in_flight) ids.push_back(load_->id);
+  for (const Draining& d : draining_) ids.push_back(d.request_id);
+  return ids;
+}
+
 // Polls the relay for relays that outlived their load's terminal state.
 void PrefillLoader::drainRelay() {
   if (parts_.relay == nullptr || quiet()) return;
@@ -267,7 +272,8 @@ void PrefillLoader::drainRelay() {
     return;
   }
   std::vector<RelayEvent> events;
-  (void)parts_.relay->poll(events);  // a failed connection still ends every relay
+  // A failed connection still ends every relay.
+  (void)parts_.relay->pollRelays(relayIds(), events);
   for (const RelayEvent& e : events) {
     if (e.kind != RelayEventKind::finished) continue;
     std::erase_if(draining_, [&](const Draining& d) { return d.request_id == e.request_id; });
@@ -278,7 +284,7 @@ void PrefillLoader::handleRelayEvents() {
   Load& load = *load_;
   load.events.clear();
   // The connection's error also arrives as each relay's `finished`.
-  (void)parts_.relay->poll(load.events);
+  (void)parts_.relay->pollRelays(relayIds(), load.events);
   for (RelayEvent& e : load.events) {
     if (!load.relay_in_flight || e.request_id != load.id) {
       if (e.kind == RelayEventKind::finished) {
@@ -300,7 +306,10 @@ void PrefillLoader::handleRelayEvents() {
         load.relay_in_flight = false;
         for (std::uint32_t b = 0; b < load.de_blocks; ++b) {
           Load::Block& block = load.blocks[b];
-          if (block.stage != Stage::pending || block.needs_fallback) continue;
+          // A block already being read on the PE path (after its block_failed)
+          // has its outcome from that read.
+          if (block.stage != Stage::pending || block.needs_fallback || block.via == Via::fallback)
+            continue;
           if (e.status.isOk()) {
             block.stage = Stage::good;
           } else {
@@ -321,19 +330,29 @@ void PrefillLoader::handleRelayEvents() {
 
 void PrefillLoader::advance() {
   Load& load = *load_;
+  // One reading of the clock per step, so that a batch found in flight is
+  // ended at the deadline (wait(), at once) by the same step that would
+  // otherwise fail the load for the deadline: a read the deadline cut short
+  // is a failed block (partial), never a failed load.
+  const bool past_deadline = Clock::now() >= load.deadline;
   if (parts_.relay != nullptr && !quiet()) handleRelayEvents();
-  if (!load.relay_in_flight) {
-    if (load.batch_in_flight) waitBatch();
-    if (done()) return;
+  if (load.batch_in_flight) reapBatch(past_deadline);
+  if (done()) return;
+  // The blocks the relay did not deliver (block_failed comes before its
+  // first layer; a failed relay ends with every block it did not finish)
+  // are read on the PE path as soon as the PE path is free of this load's
+  // previous batch.
+  if (!load.batch_in_flight) {
     submitFallback();
-    if (load.batch_in_flight) waitBatch();
+    if (done()) return;
+    if (load.batch_in_flight) reapBatch(past_deadline);
     if (done()) return;
   }
   releaseLayers();
   if (done()) return;
   if (settled()) {
     conclude();
-  } else if (Clock::now() >= load.deadline) {
+  } else if (past_deadline) {
     std::size_t loaded = 0;
     for (const Load::Block& block : load.blocks) loaded += block.stage == Stage::good ? 1 : 0;
     fail(Status(StatusCode::timeout,
@@ -378,13 +397,28 @@ void PrefillLoader::submitFallback() {
   load.batch_in_flight = true;
 }
 
-void PrefillLoader::waitBatch() {
+// Collects the PE-path batch's outcomes once every read has one; never
+// waits. At the load's deadline the reads still pending end as timeout at
+// once (wait() with a deadline already past).
+void PrefillLoader::reapBatch(bool past_deadline) {
   Load& load = *load_;
-  Status waited = parts_.store.wait(load.batch, load.deadline);
-  load.batch_in_flight = false;
-  if (!waited.isOk()) {
-    fail(std::move(waited).withContext(fmt::format("request {}: PE-path reads", load.id)));
-    return;
+  if (past_deadline) {
+    Status waited = parts_.store.wait(load.batch, load.deadline);
+    load.batch_in_flight = false;
+    if (!waited.isOk()) {
+      fail(std::move(waited).withContext(fmt::format("request {}: PE-path reads", load.id)));
+      return;
+    }
+  } else {
+    Result<bool> polled = parts_.store.poll(load.batch);
+    if (!polled) {
+      if (!load.batch.inFlight()) load.batch_in_flight = false;
+      fail(std::move(polled).status().withContext(
+          fmt::format("request {}: PE-path reads", load.id)));
+      return;
+    }
+    if (!*polled) return;
+    load.batch_in_flight = false;
   }
   const std::uint64_t layer_bytes = model_.layerBlockBytes();
   for (std::size_t i = 0; i < load.batch_blocks.size(); ++i) {

@@ -101,6 +101,15 @@ Result<Header> expectKind(std::span<const std::byte> message, MessageKind kind) 
   return header;
 }
 
+Status checkBlockCount(std::string_view what, std::uint64_t request_id, std::size_t count) {
+  if (count == 0 || count > kMaxRelayBlocks) {
+    return Status(StatusCode::invalid_usage,
+                  fmt::format("{} {}: {} blocks; 1 to {} fit one message", what, request_id, count,
+                              kMaxRelayBlocks));
+  }
+  return Status::ok();
+}
+
 Status expectEnd(const Reader& reader, std::string_view kind) {
   if (reader.remaining() != 0) {
     return fieldError(kind, "length",
@@ -123,6 +132,12 @@ std::string_view kindName(MessageKind kind) noexcept {
       return "layer_landed";
     case MessageKind::done:
       return "done";
+    case MessageKind::handoff_offer:
+      return "handoff_offer";
+    case MessageKind::handoff_ready:
+      return "handoff_ready";
+    case MessageKind::handoff_end:
+      return "handoff_end";
   }
   return "unknown";
 }
@@ -210,7 +225,7 @@ Result<Header> decodeHeader(std::span<const std::byte> message) {
   h.version = static_cast<std::uint8_t>(version);
   DP_TRY_ASSIGN(std::uint64_t kind, r.le(1, "kind"));
   if (kind < static_cast<std::uint8_t>(MessageKind::request) ||
-      kind > static_cast<std::uint8_t>(MessageKind::done)) {
+      kind > static_cast<std::uint8_t>(MessageKind::handoff_end)) {
     return Status(StatusCode::corrupt,
                   fmt::format("relay message: kind: {} is not a relay message kind", kind));
   }
@@ -355,6 +370,175 @@ Result<std::uint64_t> decodeCancel(std::span<const std::byte> message) {
   Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
   DP_TRY(expectEnd(r, "cancel"));
   return header.request_id;
+}
+
+Status encode(const HandoffOfferMessage& m, std::vector<std::byte>& out) {
+  DP_TRY(checkBlockCount("handoff offer", m.request_id, m.blocks.size()));
+  Writer w(out);
+  w.header(MessageKind::handoff_offer, m.request_id);
+  w.u32(m.layers);
+  w.u32(m.block_tokens);
+  w.u32(m.kv_bytes_per_token_per_layer);
+  w.u32(m.budget_ms);
+  w.u64(m.first_token);
+  w.u32(static_cast<std::uint32_t>(m.blocks.size()));
+  w.u32(0);
+  for (const HandoffOfferBlock& b : m.blocks) {
+    w.u64(b.id.hi);
+    w.u64(b.id.lo);
+    w.u32(b.tokens);
+    w.u32(b.write_back ? kHandoffWriteBack : 0);
+  }
+  w.finish();
+  return Status::ok();
+}
+
+Status encode(const HandoffReadyMessage& m, std::vector<std::byte>& out) {
+  DP_TRY(checkBlockCount("handoff ready", m.request_id, m.slot_offsets.size()));
+  if (m.remote_key.empty() || m.remote_key.size() > kMaxRemoteKeyBytes) {
+    return Status(StatusCode::invalid_usage,
+                  fmt::format("handoff ready {}: a {}-byte remote key; 1 to {} B fit",
+                              m.request_id, m.remote_key.size(), kMaxRemoteKeyBytes));
+  }
+  Writer w(out);
+  w.header(MessageKind::handoff_ready, m.request_id);
+  w.u64(m.region_base);
+  w.u64(m.region_length);
+  w.u32(static_cast<std::uint32_t>(m.remote_key.size()));
+  w.u32(static_cast<std::uint32_t>(m.slot_offsets.size()));
+  w.bytes(m.remote_key);
+  for (std::uint64_t offset : m.slot_offsets) w.u64(offset);
+  w.finish();
+  return Status::ok();
+}
+
+Status encode(const HandoffEndMessage& m, std::vector<std::byte>& out) {
+  DP_TRY(checkBlockCount("handoff end", m.request_id, m.checksums.size()));
+  Writer w(out);
+  w.header(MessageKind::handoff_end, m.request_id);
+  w.u32(m.layers);
+  w.u32(static_cast<std::uint32_t>(m.checksums.size()));
+  for (std::uint64_t checksum : m.checksums) w.u64(checksum);
+  w.finish();
+  return Status::ok();
+}
+
+namespace {
+
+// A block count read from the wire, and that exactly `per_block` bytes per
+// block follow.
+Result<std::size_t> readBlockCount(const Reader& r, std::uint64_t count, std::size_t per_block,
+                                   std::string_view kind) {
+  if (count == 0 || count > kMaxRelayBlocks) {
+    return fieldError(kind, "block count",
+                      fmt::format("{}, expected 1 to {}", count, kMaxRelayBlocks));
+  }
+  if (r.remaining() != count * per_block) {
+    return fieldError(kind, "length",
+                      fmt::format("{} B of blocks, expected {} B for {} blocks", r.remaining(),
+                                  count * per_block, count));
+  }
+  return static_cast<std::size_t>(count);
+}
+
+}  // namespace
+
+Result<HandoffOfferMessage> decodeHandoffOffer(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::handoff_offer));
+  constexpr std::string_view kKind = "handoff_offer";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  HandoffOfferMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers"));
+  DP_TRY_ASSIGN(std::uint64_t tokens, r.le(4, "block tokens"));
+  DP_TRY_ASSIGN(std::uint64_t kv_bytes, r.le(4, "kv bytes per token per layer"));
+  DP_TRY_ASSIGN(std::uint64_t budget, r.le(4, "budget ms"));
+  DP_TRY_ASSIGN(m.first_token, r.le(8, "first token"));
+  DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
+  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(4, "reserved"));
+  if (layers == 0) return fieldError(kKind, "layers", "0");
+  if (tokens == 0) return fieldError(kKind, "block tokens", "0");
+  if (kv_bytes == 0) return fieldError(kKind, "kv bytes per token per layer", "0");
+  if (reserved != 0)
+    return fieldError(kKind, "reserved", fmt::format("{:#x}, expected 0", reserved));
+  if (m.first_token % tokens != 0) {
+    return fieldError(kKind, "first token",
+                      fmt::format("{} is not a multiple of {} block tokens", m.first_token, tokens));
+  }
+  DP_TRY_ASSIGN(std::size_t n, readBlockCount(r, count, kHandoffOfferBlockBytes, kKind));
+  m.layers = static_cast<std::uint32_t>(layers);
+  m.block_tokens = static_cast<std::uint32_t>(tokens);
+  m.kv_bytes_per_token_per_layer = static_cast<std::uint32_t>(kv_bytes);
+  m.budget_ms = static_cast<std::uint32_t>(budget);
+  m.blocks.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    HandoffOfferBlock& b = m.blocks[i];
+    DP_TRY_ASSIGN(b.id.hi, r.le(8, "block id"));
+    DP_TRY_ASSIGN(b.id.lo, r.le(8, "block id"));
+    DP_TRY_ASSIGN(std::uint64_t block_tokens, r.le(4, "tokens"));
+    DP_TRY_ASSIGN(std::uint64_t flags, r.le(4, "flags"));
+    const bool last = i + 1 == n;
+    if (block_tokens == 0 || block_tokens > tokens || (!last && block_tokens != tokens)) {
+      return fieldError(kKind, fmt::format("block {}: tokens", i),
+                        fmt::format("{}, expected {}", block_tokens,
+                                    last ? fmt::format("1 to {}", tokens) : fmt::format("{}", tokens)));
+    }
+    if ((flags & ~std::uint64_t{kHandoffWriteBack}) != 0) {
+      return fieldError(kKind, fmt::format("block {}: flags", i),
+                        fmt::format("{:#x} has unknown bits", flags));
+    }
+    b.tokens = static_cast<std::uint32_t>(block_tokens);
+    b.write_back = (flags & kHandoffWriteBack) != 0;
+    if (b.write_back && b.tokens != tokens) {
+      return fieldError(kKind, fmt::format("block {}: flags", i),
+                        fmt::format("write back on a partial block ({} of {} tokens)", b.tokens,
+                                    tokens));
+    }
+  }
+  return m;
+}
+
+Result<HandoffReadyMessage> decodeHandoffReady(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::handoff_ready));
+  constexpr std::string_view kKind = "handoff_ready";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  HandoffReadyMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(m.region_base, r.le(8, "region base"));
+  DP_TRY_ASSIGN(m.region_length, r.le(8, "region length"));
+  DP_TRY_ASSIGN(std::uint64_t key_bytes, r.le(4, "remote key bytes"));
+  DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
+  if (key_bytes == 0 || key_bytes > kMaxRemoteKeyBytes || r.remaining() < key_bytes) {
+    return fieldError(kKind, "remote key bytes",
+                      fmt::format("{}, expected 1 to {} within the message's {} B left", key_bytes,
+                                  kMaxRemoteKeyBytes, r.remaining()));
+  }
+  DP_TRY_ASSIGN(auto key, r.bytes(key_bytes, "remote key"));
+  m.remote_key.assign(key.begin(), key.end());
+  DP_TRY_ASSIGN(std::size_t n, readBlockCount(r, count, 8, kKind));
+  m.slot_offsets.resize(n);
+  for (std::uint64_t& offset : m.slot_offsets) {
+    DP_TRY_ASSIGN(offset, r.le(8, "slot offset"));
+  }
+  return m;
+}
+
+Result<HandoffEndMessage> decodeHandoffEnd(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::handoff_end));
+  constexpr std::string_view kKind = "handoff_end";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  HandoffEndMessage m;
+  m.request_id = header.request_id;
+  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers put"));
+  DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
+  if (layers == 0) return fieldError(kKind, "layers put", "0");
+  DP_TRY_ASSIGN(std::size_t n, readBlockCount(r, count, 8, kKind));
+  m.layers = static_cast<std::uint32_t>(layers);
+  m.checksums.resize(n);
+  for (std::uint64_t& checksum : m.checksums) {
+    DP_TRY_ASSIGN(checksum, r.le(8, "checksum"));
+  }
+  return m;
 }
 
 }  // namespace dualpath::loader::relay

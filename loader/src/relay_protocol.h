@@ -41,6 +41,35 @@
 //       24    4 blocks failed
 //       28    m message, UTF-8
 //
+// The KV handoff (kv_handoff.h) runs on a connection of its own with the same
+// header, tags and the kinds cancel, block_failed and done (whose "layers
+// landed" field then counts the blocks written back), plus:
+//
+//   handoff_offer (PE -> DE): the PE has KV for these blocks
+//       16    4 layers            \  the model geometry, as in request
+//       20    4 block tokens       |
+//       24    4 KV bytes per token per layer /
+//       28    4 budget ms
+//       32    8 first token: the position of block 0's first token (a
+//                multiple of block tokens)
+//       40    4 block count (n, 1 to kMaxRelayBlocks)
+//       44    4 reserved, zero
+//       48  24n per block: id hi (8), id lo (8), tokens (4, 1 to block
+//                tokens; only the last block may be partial), flags (4: bit 0
+//                = write back; only on a full block)
+//   handoff_ready (DE -> PE): where to put them
+//       16    8 DE region base
+//       24    8 DE region length
+//       32    4 remote key bytes (k, 1 to kMaxRemoteKeyBytes)
+//       36    4 block count (n, as offered)
+//       40    k remote key
+//     40+k   8n per block: slot offset in the DE region
+//   handoff_end (PE -> DE): every put is remote-complete
+//       16    4 layers put
+//       20    4 block count (n, as offered)
+//       24   8n per block: XXH3-64 (seed 0) of the bytes put, layer by layer
+//                (for a full block, the payload checksum of block_format.h)
+//
 // Threading: pure functions.
 #pragma once
 
@@ -67,6 +96,15 @@ inline constexpr std::size_t kRequestBlockBytes = 24;
 inline constexpr std::size_t kMaxControlBytes =
     kRequestFixedBytes + kMaxRemoteKeyBytes + kMaxRelayBlocks * kRequestBlockBytes;
 inline constexpr std::size_t kMaxNoticeBytes = 40 + kMaxTextBytes;
+inline constexpr std::size_t kHandoffOfferFixedBytes = 48;
+inline constexpr std::size_t kHandoffOfferBlockBytes = 24;
+inline constexpr std::size_t kHandoffReadyFixedBytes = 40;
+inline constexpr std::size_t kHandoffEndFixedBytes = 24;
+// The largest message of each handoff direction.
+inline constexpr std::size_t kMaxHandoffControlBytes =
+    kHandoffOfferFixedBytes + kMaxRelayBlocks * kHandoffOfferBlockBytes;
+inline constexpr std::size_t kMaxHandoffNoticeBytes =
+    kHandoffReadyFixedBytes + kMaxRemoteKeyBytes + kMaxRelayBlocks * 8;
 
 // Transport tags: each tag is its own ordered stream (the k-th send of a tag
 // meets the k-th receive of that tag), so each direction uses one tag and
@@ -80,6 +118,9 @@ enum class MessageKind : std::uint8_t {
   block_failed = 3,
   layer_landed = 4,
   done = 5,
+  handoff_offer = 6,
+  handoff_ready = 7,
+  handoff_end = 8,
 };
 
 struct RequestBlock {
@@ -119,6 +160,38 @@ struct DoneMessage {
   std::uint32_t blocks_failed = 0;
 };
 
+inline constexpr std::uint32_t kHandoffWriteBack = 1;  // handoff_offer block flag
+
+struct HandoffOfferBlock {
+  BlockId id;  // zero for a partial block
+  std::uint32_t tokens = 0;
+  bool write_back = false;
+};
+
+struct HandoffOfferMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t layers = 0;
+  std::uint32_t block_tokens = 0;
+  std::uint32_t kv_bytes_per_token_per_layer = 0;
+  std::uint32_t budget_ms = 0;
+  std::uint64_t first_token = 0;
+  std::vector<HandoffOfferBlock> blocks;
+};
+
+struct HandoffReadyMessage {
+  std::uint64_t request_id = 0;
+  std::uint64_t region_base = 0;
+  std::uint64_t region_length = 0;
+  std::vector<std::byte> remote_key;
+  std::vector<std::uint64_t> slot_offsets;
+};
+
+struct HandoffEndMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t layers = 0;
+  std::vector<std::uint64_t> checksums;
+};
+
 // Encoders append to `out` (cleared first). Text longer than kMaxTextBytes is
 // cut. A request with more than kMaxRelayBlocks blocks or a key outside
 // [1, kMaxRemoteKeyBytes] is the caller's bug: invalid_usage.
@@ -127,6 +200,10 @@ void encodeCancel(std::uint64_t request_id, std::vector<std::byte>& out);
 void encode(const BlockFailedMessage& message, std::vector<std::byte>& out);
 void encode(const LayerLandedMessage& message, std::vector<std::byte>& out);
 void encode(const DoneMessage& message, std::vector<std::byte>& out);
+// invalid_usage for a block count or key size outside the limits.
+Status encode(const HandoffOfferMessage& message, std::vector<std::byte>& out);
+Status encode(const HandoffReadyMessage& message, std::vector<std::byte>& out);
+Status encode(const HandoffEndMessage& message, std::vector<std::byte>& out);
 
 struct Header {
   std::uint8_t version = 0;
@@ -146,6 +223,12 @@ Result<RequestMessage> decodeRequest(std::span<const std::byte> message);
 Result<BlockFailedMessage> decodeBlockFailed(std::span<const std::byte> message);
 Result<LayerLandedMessage> decodeLayerLanded(std::span<const std::byte> message);
 Result<DoneMessage> decodeDone(std::span<const std::byte> message);
+// The handoff decoders check the wire rules above (counts, flags, a partial
+// block only last, write back only on a full block); what depends on the
+// receiver (its model, its buffer) is the receiver's to check.
+Result<HandoffOfferMessage> decodeHandoffOffer(std::span<const std::byte> message);
+Result<HandoffReadyMessage> decodeHandoffReady(std::span<const std::byte> message);
+Result<HandoffEndMessage> decodeHandoffEnd(std::span<const std::byte> message);
 // A cancel: the header alone. Returns its request id.
 Result<std::uint64_t> decodeCancel(std::span<const std::byte> message);
 

@@ -1,12 +1,18 @@
 // The io_uring engine (liburing 2.3).
 //
-// Up to `queue_depth` blocks are in flight, each in a slot with two reads: the
-// header into the slot's 4 KiB of a header slab registered with the ring
-// (buffer 0, so a fixed read), and the payload into the caller's destination
-// (a fixed read when the destination lies in a region given to
-// registerBuffers, buffers 1..n). A short read is resubmitted for the rest; a
-// read that returns 0 has hit the end of a truncated file. As slots finish,
-// wait() verifies them and refills them from the batch.
+// Up to `queue_depth` blocks are in flight, one slot each. A block whose
+// destination lies in a region given to registerBuffers is read with two fixed
+// reads: the header into the slot's 4 KiB of a header slab registered with the
+// ring (buffer 0), the payload into the destination (buffers 1..n). Any other
+// block is read whole with one readv, header into the slab and payload into
+// the destination: one request per block, as fio makes. A short read is
+// resubmitted for the rest; a read that returns 0 has hit the end of a
+// truncated file.
+//
+// As slots finish, wait() checks their headers, refills the slots from the
+// batch and submits, and only then hashes the payloads, so the kernel reads
+// while this thread verifies instead of waiting for it. poll() does the same
+// with the completions already posted (io_uring_peek_cqe), never waiting.
 //
 // At the deadline every read still in the kernel is cancelled
 // (IORING_OP_ASYNC_CANCEL by user_data) and the store waits, at most
@@ -14,9 +20,12 @@
 // caller reuse them. If the grace runs out the engine is broken: every later
 // call fails with io, and the buffers of the stuck reads must be considered
 // owned by the kernel until the process exits.
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -39,6 +48,10 @@ constexpr int kHeaderOp = 0;
 constexpr int kPayloadOp = 1;
 
 struct Op {
+  // A whole-block read (one read per block): the file's first
+  // kBlockHeaderBytes go to `buffer`, the rest to `tail`, as one readv.
+  bool whole_block = false;
+  std::byte* tail = nullptr;
   std::byte* buffer = nullptr;
   std::uint32_t want = 0;
   std::uint32_t done = 0;
@@ -53,7 +66,16 @@ struct Slot {
   std::size_t read = kNoRead;
   OpenBlock block;
   Op ops[2];
+  iovec iov[2]{};  // a whole-block read's vector, stable while it is in the kernel
   bool busy() const noexcept { return read != kNoRead; }
+};
+
+// A block whose reads are done and whose header checked out; its slot is free
+// again, its payload not yet hashed.
+struct Unverified {
+  std::size_t read = kNoRead;
+  std::uint64_t checksum = 0;
+  std::string path;
 };
 
 __kernel_timespec toTimespec(Clock::duration d) {
@@ -77,10 +99,14 @@ class UringReader final : public Reader {
   // Returns the errno of io_uring_queue_init, or 0.
   int init(int init_errno_for_test) {
     if (init_errno_for_test != 0) return init_errno_for_test;
-    // Room for two reads and two cancels per slot; the CQ is twice that.
+    // Room for two reads and two cancels per slot; the CQ is twice that. No
+    // IORING_SETUP_COOP_TASKRUN (fio sets it): on the VM of docs/performance.md
+    // it made reads slower, measured.
     const int ret = io_uring_queue_init(static_cast<unsigned>(slots_.size() * 4), &ring_, 0);
     if (ret < 0) return -ret;
     ring_ready_ = true;
+    unverified_.reserve(slots_.size());
+    reaped_.reserve(slots_.size());
     header_slab_ = allocateAligned(kBlockHeaderBytes, slots_.size() * kBlockHeaderBytes);
     if (header_slab_ == nullptr) return ENOMEM;
     registered_.push_back(iovec{header_slab_.get(), slots_.size() * kBlockHeaderBytes});
@@ -168,10 +194,25 @@ class UringReader final : public Reader {
         expire(reads);
         break;
       }
-      reap(reads);
-      fill(reads);
+      progress(reads);
+      verifyReaped(reads);
     }
     return Status::ok();
+  }
+
+  Result<bool> poll(std::span<BlockRead> reads) override {
+    if (pending_ == 0) return true;
+    submitQueued();
+    io_uring_cqe* cqe = nullptr;
+    const int ret = io_uring_peek_cqe(&ring_, &cqe);
+    if (ret == -EAGAIN || ret == -EINTR) return false;
+    if (ret < 0) {
+      DP_LOG_ERROR("loader: io_uring_peek_cqe: {}", std::strerror(-ret));
+      return Status(StatusCode::io, fmt::format("io_uring_peek_cqe: {}", std::strerror(-ret)));
+    }
+    progress(reads);
+    verifyReaped(reads);
+    return pending_ == 0;
   }
 
  private:
@@ -179,6 +220,31 @@ class UringReader final : public Reader {
     return Status(StatusCode::io,
                   "io_uring engine unusable: reads cancelled at a deadline did not complete "
                   "within the cancel grace");
+  }
+
+  void submitQueued() {
+    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+  }
+
+  // Takes every posted completion, refills the freed slots and submits, so
+  // the kernel has the next reads before this thread starts hashing.
+  void progress(std::span<BlockRead> reads) {
+    reap(reads);
+    fill(reads);
+    submitQueued();
+  }
+
+  // Hashes the payloads of the blocks reaped so far; their slots were refilled
+  // and submitted by progress(), so the kernel reads while this thread
+  // hashes. Taking new completions between two hashes (one more submit each)
+  // measured slower than one submit per wake-up on the VM of
+  // docs/performance.md: each submit kicks the virtual disk.
+  void verifyReaped(std::span<BlockRead> reads) {
+    for (const Unverified& block : unverified_) {
+      files_.verifyPayload(reads[block.read], block.path, block.checksum);
+      --pending_;
+    }
+    unverified_.clear();
   }
 
   io_uring_sqe* getSqe() {
@@ -206,11 +272,21 @@ class UringReader final : public Reader {
     Op& op = slots_[slot_index].ops[op_index];
     io_uring_sqe* sqe = getSqe();
     if (sqe == nullptr) return false;
-    const int fd = slots_[slot_index].block.fd.get();
+    Slot& slot = slots_[slot_index];
+    const int fd = slot.block.fd.get();
     std::byte* buffer = op.buffer + op.done;
     const std::uint32_t bytes = op.want - op.done;
     const std::uint64_t offset = op.offset + op.done;
-    if (op.fixed_index >= 0) {
+    if (op.whole_block) {
+      unsigned segments = 0;
+      if (op.done < kBlockHeaderBytes) {
+        slot.iov[segments++] = iovec{buffer, kBlockHeaderBytes - op.done};
+        slot.iov[segments++] = iovec{op.tail, op.want - kBlockHeaderBytes};
+      } else {
+        slot.iov[segments++] = iovec{op.tail + (op.done - kBlockHeaderBytes), bytes};
+      }
+      io_uring_prep_readv(sqe, fd, slot.iov, segments, offset);
+    } else if (op.fixed_index >= 0) {
       io_uring_prep_read_fixed(sqe, fd, buffer, bytes, offset, op.fixed_index);
     } else {
       io_uring_prep_read(sqe, fd, buffer, bytes, offset);
@@ -233,17 +309,31 @@ class UringReader final : public Reader {
         }
         slot.read = static_cast<std::size_t>(&read - reads.data());
         std::byte* header = header_slab_.get() + s * kBlockHeaderBytes;
-        slot.ops[kHeaderOp] = Op{.buffer = header,
-                                 .want = static_cast<std::uint32_t>(kBlockHeaderBytes),
-                                 .offset = 0,
-                                 .fixed_index = registered_.empty() ? -1 : 0};
-        slot.ops[kPayloadOp] =
-            Op{.buffer = read.destination.data(),
-               .want = static_cast<std::uint32_t>(read.destination.size()),
-               .offset = kBlockHeaderBytes,
-               .fixed_index = fixedIndex(read.destination.data(), read.destination.size())};
-        if (slot.ops[kPayloadOp].fixed_index >= 0) ++files_.counters().fixed_buffer_reads;
-        if (!queue(s, kHeaderOp) || !queue(s, kPayloadOp)) {
+        const int fixed_index = fixedIndex(read.destination.data(), read.destination.size());
+        // One readv per block where the payload is not in a registered region:
+        // one request instead of two. A registered payload keeps its fixed
+        // read (no page pinning per read), which a readv cannot be.
+        const bool whole_block = fixed_index < 0;
+        if (whole_block) {
+          slot.ops[kHeaderOp] =
+              Op{.whole_block = true,
+                 .tail = read.destination.data(),
+                 .buffer = header,
+                 .want = static_cast<std::uint32_t>(kBlockHeaderBytes + read.destination.size()),
+                 .offset = 0};
+          slot.ops[kPayloadOp] = Op{.finished = true};
+        } else {
+          slot.ops[kHeaderOp] = Op{.buffer = header,
+                                   .want = static_cast<std::uint32_t>(kBlockHeaderBytes),
+                                   .offset = 0,
+                                   .fixed_index = registered_.empty() ? -1 : 0};
+          slot.ops[kPayloadOp] = Op{.buffer = read.destination.data(),
+                                    .want = static_cast<std::uint32_t>(read.destination.size()),
+                                    .offset = kBlockHeaderBytes,
+                                    .fixed_index = fixed_index};
+          if (fixed_index >= 0) ++files_.counters().fixed_buffer_reads;
+        }
+        if (!queue(s, kHeaderOp) || (!whole_block && !queue(s, kPayloadOp))) {
           // Unreachable with the ring sized in init(); fail the block rather than hang.
           slot.ops[kHeaderOp].error = slot.ops[kPayloadOp].error = EBUSY;
           slot.ops[kHeaderOp].finished = !slot.ops[kHeaderOp].in_kernel;
@@ -263,17 +353,17 @@ class UringReader final : public Reader {
     unsigned head = 0;
     unsigned seen = 0;
     io_uring_cqe* cqe = nullptr;
-    std::vector<std::size_t> done;
+    reaped_.clear();
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       const std::uint64_t tag = io_uring_cqe_get_data64(cqe);
       if (tag == kCancelTag) continue;
       const std::size_t s = tag / 2;
       const int op_index = static_cast<int>(tag % 2);
-      if (handle(s, op_index, cqe->res)) done.push_back(s);
+      if (handle(s, op_index, cqe->res)) reaped_.push_back(s);
     }
     io_uring_cq_advance(&ring_, seen);
-    for (std::size_t s : done) complete(reads, s);
+    for (std::size_t s : reaped_) complete(reads, s);
   }
 
   // Applies one completion; true when the slot's block has both reads done.
@@ -305,16 +395,30 @@ class UringReader final : public Reader {
     return slot.ops[kHeaderOp].finished && slot.ops[kPayloadOp].finished;
   }
 
+  // Frees slot `s`, whose reads are done: a block that fails its header check
+  // has its outcome; one that passes waits in unverified_ for its payload hash.
   void complete(std::span<BlockRead> reads, std::size_t s) {
     Slot& slot = slots_[s];
     BlockRead& read = reads[slot.read];
     const Op& header = slot.ops[kHeaderOp];
     const Op& payload = slot.ops[kPayloadOp];
-    files_.finish(read, slot.block.path, std::span<const std::byte>(header.buffer, header.want),
-                  header.done, payload.done, header.error != 0 ? header.error : payload.error);
+    std::size_t header_bytes = header.done;
+    std::size_t payload_bytes = payload.done;
+    if (header.whole_block) {
+      header_bytes = std::min<std::size_t>(header.done, kBlockHeaderBytes);
+      payload_bytes = header.done - header_bytes;
+    }
+    const std::optional<std::uint64_t> checksum = files_.checkHeader(
+        read, slot.block.path, std::span<const std::byte>(header.buffer, kBlockHeaderBytes),
+        header_bytes, payload_bytes, header.error != 0 ? header.error : payload.error);
+    if (checksum) {
+      unverified_.push_back(
+          Unverified{.read = slot.read, .checksum = *checksum, .path = std::move(slot.block.path)});
+    } else {
+      --pending_;
+    }
     slot.block.fd.reset();
     slot.read = kNoRead;
-    --pending_;
   }
 
   // The deadline passed: cancel what the kernel holds, wait (bounded) until it
@@ -388,6 +492,9 @@ class UringReader final : public Reader {
   std::vector<Slot> slots_;
   std::size_t next_ = 0;     // next read of the batch to start
   std::size_t pending_ = 0;  // reads of the batch without an outcome
+  // Empty whenever wait() or poll() returns, so expire() never sees one.
+  std::vector<Unverified> unverified_;
+  std::vector<std::size_t> reaped_;  // reap()'s scratch: slots it completed
   bool expiring_ = false;
   bool broken_ = false;
 };

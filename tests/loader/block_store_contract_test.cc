@@ -18,6 +18,7 @@
 #include <dualpath/loader/block_format.h>
 #include <dualpath/loader/memory_block_store.h>
 #include <dualpath/loader/posix_block_store.h>
+#include <dualpath/loader/storage_limiter.h>
 
 #include "store_test_support.h"
 
@@ -100,6 +101,22 @@ class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
     out.write(reinterpret_cast<const char*>(bytes.data()),
               static_cast<std::streamsize>(bytes.size()));
     ASSERT_TRUE(out.good()) << path;
+  }
+
+  // Polls `batch` until poll() returns true; false (with a test failure) when
+  // it errors or 30 s pass first. Spins: poll() never blocks.
+  bool pollUntilDone(ReadBatch& batch) {
+    const Deadline give_up = later();
+    while (Clock::now() < give_up) {
+      Result<bool> done = store_->poll(batch);
+      if (!done.hasValue()) {
+        ADD_FAILURE() << "poll: " << done.status().toString();
+        return false;
+      }
+      if (*done) return true;
+    }
+    ADD_FAILURE() << "poll did not complete the batch within 30 s";
+    return false;
   }
 
   BlockId writeBlock(std::uint64_t n) {
@@ -301,6 +318,175 @@ TEST_P(BlockStoreContractTest, MisuseIsRefusedWithTheReason) {
   EXPECT_EQ(
       bad_write.message(),
       fmt::format("write: block {}: 100 B given, a Full Block of 'tiny' is 4096 B", id.toHex()));
+}
+
+TEST_P(BlockStoreContractTest, PollingToCompletionGivesTheOutcomesOfWait) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  // More good blocks than the queue depth, so that polling refills it.
+  std::vector<BlockId> order;
+  for (std::size_t i = 0; i < 12; ++i) order.push_back(writeBlock(i));
+  const BlockId missing{.hi = 0xabc, .lo = 0xdef};
+  const BlockId flipped = writeBlock(20);
+  const BlockId short_payload = writeBlock(21);
+  editStored(flipped,
+             [](std::vector<std::byte>& b) { b[kBlockHeaderBytes + 100] ^= std::byte{1}; });
+  editStored(short_payload, [](std::vector<std::byte>& b) { b.resize(kBlockHeaderBytes + 1000); });
+  order.insert(order.begin() + 3, missing);
+  order.insert(order.begin() + 7, flipped);
+  order.push_back(short_payload);
+
+  AlignedBuffers polled_buffers(order.size(), model_.fullBlockBytes());
+  AlignedBuffers waited_buffers(order.size(), model_.fullBlockBytes());
+  ReadBatch polled;
+  ReadBatch waited;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    polled.add(order[i], polled_buffers[i]);
+    waited.add(order[i], waited_buffers[i]);
+  }
+  ASSERT_TRUE(store_->submit(polled).isOk());
+  ASSERT_TRUE(pollUntilDone(polled));
+  EXPECT_FALSE(polled.inFlight());
+  ASSERT_TRUE(store_->read(waited, later()).isOk());
+
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const Status& by_poll = polled.reads()[i].status;
+    const Status& by_wait = waited.reads()[i].status;
+    EXPECT_EQ(by_poll.code(), by_wait.code()) << i << ": " << by_poll.toString();
+    EXPECT_EQ(by_poll.message(), by_wait.message()) << i;
+    if (by_poll.isOk()) {
+      EXPECT_EQ(
+          std::memcmp(polled_buffers[i].data(), waited_buffers[i].data(), model_.fullBlockBytes()),
+          0)
+          << i;
+    }
+  }
+  EXPECT_EQ(polled.reads()[3].status.code(), StatusCode::not_found);
+  EXPECT_EQ(polled.reads()[7].status.code(), StatusCode::corrupt);
+  EXPECT_EQ(polled.reads()[7].status.message().rfind(where(flipped) + ": payload checksum ", 0), 0u)
+      << polled.reads()[7].status.message();
+  EXPECT_EQ(polled.reads().back().status.message(),
+            where(short_payload) + ": truncated payload: 1000 of 4096 bytes");
+  EXPECT_EQ(polled.failures(), 3u);
+  const StoreCounters counters = store_->counters();
+  EXPECT_EQ(counters.reads_ok, 2 * 12u);
+  EXPECT_EQ(counters.reads_failed, 2 * 3u);
+
+  // Done means done: polling again is misuse, and the batch is reusable.
+  EXPECT_EQ(store_->poll(polled).status().message(), "poll: the batch was not submitted");
+  ASSERT_TRUE(store_->submit(polled).isOk());
+  ASSERT_TRUE(pollUntilDone(polled));
+  EXPECT_EQ(polled.failures(), 3u);
+}
+
+TEST_P(BlockStoreContractTest, WaitEndsABatchAfterAPartialPoll) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  constexpr std::size_t kBlocks = 40;  // 10 x the queue depth: one poll cannot end it
+  std::vector<BlockId> ids;
+  for (std::size_t i = 0; i < kBlocks; ++i) ids.push_back(writeBlock(i));
+  AlignedBuffers buffers(kBlocks, model_.fullBlockBytes());
+  ReadBatch batch;
+  for (std::size_t i = 0; i < kBlocks; ++i) batch.add(ids[i], buffers[i]);
+  ASSERT_TRUE(store_->submit(batch).isOk());
+  Result<bool> first = store_->poll(batch);
+  ASSERT_TRUE(first.hasValue()) << first.status().toString();
+  EXPECT_EQ(batch.inFlight(), !*first);
+  if (batch.inFlight()) {
+    // Whatever poll() reaped keeps its outcome; wait() ends the rest.
+    ASSERT_TRUE(store_->wait(batch, later()).isOk());
+  }
+  EXPECT_FALSE(batch.inFlight());
+  EXPECT_EQ(batch.failures(), 0u);
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    EXPECT_EQ(payloadFor(ids[i], model_.fullBlockBytes()),
+              std::vector<std::byte>(buffers[i].begin(), buffers[i].end()))
+        << i;
+  }
+  EXPECT_EQ(store_->counters().reads_ok, kBlocks);
+  EXPECT_EQ(store_->wait(batch, later()).message(), "wait: the batch was not submitted");
+}
+
+TEST_P(BlockStoreContractTest, PollingAnUnsubmittedBatchIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  ReadBatch batch;
+  Result<bool> empty = store_->poll(batch);
+  ASSERT_FALSE(empty.hasValue());
+  EXPECT_EQ(empty.status().code(), StatusCode::invalid_usage);
+  EXPECT_EQ(empty.status().message(), "poll: the batch was not submitted");
+
+  AlignedBuffers buffers(1, 4096);
+  batch.add(writeBlock(1), buffers[0]);
+  Result<bool> added = store_->poll(batch);
+  ASSERT_FALSE(added.hasValue());
+  EXPECT_EQ(added.status().code(), StatusCode::invalid_usage);
+  EXPECT_EQ(added.status().message(), "poll: the batch was not submitted");
+  EXPECT_FALSE(batch.inFlight());
+}
+
+// The burst covers the first tiny Full Block (4 KiB); the link then delivers
+// 8 KiB/s, so the second read arrives half a second after submit(): far later
+// than the first poll, soon enough to poll through.
+TEST_P(BlockStoreContractTest, BehindAnEmulatedNicPollIsFalseUntilTheLinkDelivers) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  auto link = std::move(StorageRateLimiter::create(8192, 4096).value());
+  store_->emulateStorageNic(link.get());
+  const BlockId first = writeBlock(1);
+  const BlockId second = writeBlock(2);
+  AlignedBuffers buffers(2, 4096);
+  ReadBatch batch;
+  batch.add(first, buffers[0]);
+  batch.add(second, buffers[1]);
+  ASSERT_TRUE(store_->submit(batch).isOk());
+  const Clock::time_point delivery = batch.reads()[1].emulated_delivery;
+  ASSERT_GT(delivery, Clock::now() + std::chrono::milliseconds(100));
+
+  Result<bool> first_poll = store_->poll(batch);
+  ASSERT_TRUE(first_poll.hasValue()) << first_poll.status().toString();
+  EXPECT_FALSE(*first_poll);
+  EXPECT_TRUE(batch.inFlight());
+  // Verified or not, the second read is not an outcome before its delivery.
+  EXPECT_EQ(batch.reads()[1].status.code(), StatusCode::again);
+
+  ASSERT_TRUE(pollUntilDone(batch));
+  EXPECT_GE(Clock::now(), delivery);
+  EXPECT_FALSE(batch.inFlight());
+  EXPECT_EQ(batch.failures(), 0u);
+  EXPECT_EQ(payloadFor(second, 4096), std::vector<std::byte>(buffers[1].begin(), buffers[1].end()));
+}
+
+// wait() after a partial poll still holds reads to the link: one the link
+// delivers only after wait()'s deadline ends as timeout, naming the link.
+TEST_P(BlockStoreContractTest, BehindAnEmulatedNicWaitAfterPollTimesOutUndeliveredReads) {
+  ASSERT_NO_FATAL_FAILURE(open(preset("tiny")));
+  auto link = std::move(StorageRateLimiter::create(8, 4096).value());  // 8 B/s after the burst
+  store_->emulateStorageNic(link.get());
+  const BlockId first = writeBlock(1);
+  const BlockId second = writeBlock(2);
+  AlignedBuffers buffers(2, 4096);
+  ReadBatch batch;
+  batch.add(first, buffers[0]);
+  batch.add(second, buffers[1]);
+  ASSERT_TRUE(store_->submit(batch).isOk());
+  // Poll until the storage has verified the first read (the burst delivers it
+  // at once); the second stays pending on the link.
+  const Deadline give_up = later();
+  while (!batch.reads()[0].status.isOk() && Clock::now() < give_up) {
+    Result<bool> done = store_->poll(batch);
+    ASSERT_TRUE(done.hasValue()) << done.status().toString();
+    ASSERT_FALSE(*done);
+  }
+  ASSERT_TRUE(batch.reads()[0].status.isOk()) << batch.reads()[0].status.toString();
+  EXPECT_EQ(batch.reads()[1].status.code(), StatusCode::again);
+
+  ASSERT_TRUE(store_->wait(batch, later()).isOk());
+  EXPECT_FALSE(batch.inFlight());
+  EXPECT_TRUE(batch.reads()[0].status.isOk());
+  EXPECT_EQ(payloadFor(first, 4096), std::vector<std::byte>(buffers[0].begin(), buffers[0].end()));
+  EXPECT_EQ(batch.reads()[1].status.code(), StatusCode::timeout);
+  EXPECT_EQ(batch.reads()[1].status.message(),
+            "block " + second.toHex() +
+                ": timed out: the emulated storage NIC (64bit, burst 4KiB) delivers it only "
+                "after the deadline");
+  EXPECT_EQ(store_->counters().reads_ok, 2u);  // the storage read both
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BlockStoreContractTest,

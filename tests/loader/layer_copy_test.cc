@@ -145,6 +145,36 @@ TEST(HostCopyEngine, SavesCopyNewKvBackBeforeFinishReturns) {
   EXPECT_EQ(engine->counters().bytes_saved, kLayers * kSegmentBytes);
 }
 
+TEST(HostCopyEngine, LayersSavedCountsTheSavedPrefixOnly) {
+  Buffers buffers;
+  std::vector<std::byte> saved(kLayers * kSegmentBytes);
+  auto save = [&](std::uint32_t l) {
+    return CopySegment{buffers.device.data() + l * kSegmentsPerLayer * kSegmentBytes,
+                       saved.data() + l * kSegmentBytes, kSegmentBytes};
+  };
+  auto engine = hostEngine();
+  ASSERT_TRUE(engine->startLoad(buffers.load(4)));
+  EXPECT_EQ(engine->layersSaved(), 0u);
+  for (std::uint32_t l = 0; l < kLayers; ++l) ASSERT_TRUE(engine->waitForLayer(l, soon()));
+  // Layer 1 saved before layer 0: nothing counts until layer 0 is saved too.
+  ASSERT_TRUE(engine->saveLayer(1, {save(1)}));
+  ASSERT_TRUE(engine->saveLayer(3, {save(3)}));
+  ASSERT_TRUE(engine->saveLayer(0, {save(0)}));
+  ASSERT_TRUE(engine->finish(soon()));
+  // Layer 2 was never saved: the prefix stops before it, after finish too.
+  EXPECT_EQ(engine->layersSaved(), 2u);
+  EXPECT_EQ(engine->counters().layers_saved, 3u);
+  // The next load starts from zero.
+  ASSERT_TRUE(engine->startLoad(buffers.load(5)));
+  EXPECT_EQ(engine->layersSaved(), 0u);
+  for (std::uint32_t l = 0; l < kLayers; ++l) {
+    ASSERT_TRUE(engine->waitForLayer(l, soon()));
+    ASSERT_TRUE(engine->saveLayer(l, {save(l)}));
+  }
+  ASSERT_TRUE(engine->finish(soon()));
+  EXPECT_EQ(engine->layersSaved(), kLayers);
+}
+
 TEST(HostCopyEngine, FinishTimesOutOnAMissingLayerAndTheEngineIsReusable) {
   Buffers buffers;
   auto engine = hostEngine();

@@ -20,6 +20,7 @@
 #include <dualpath/loader/layer_copy.h>
 #include <dualpath/loader/memory_block_store.h>
 #include <dualpath/loader/prefill_loader.h>
+#include <dualpath/loader/storage_limiter.h>
 
 #include "log_capture.h"
 #include "relay_test_support.h"
@@ -238,6 +239,125 @@ TEST(PrefillLoader, ASplitLoadsSomeBlocksEachWay) {
   ASSERT_TRUE(h.loader_->endLoad().isOk());
 }
 
+TEST(PrefillLoader, AMixedLoadHandsRelayedLayersOutWhileTheRelayIsStillGoing) {
+  // 64 layers: the DE keeps at most 32 puts in flight, so the relay is still
+  // going when its first layers land. The PE-path block is read at once; the
+  // relayed layers then go to the copy engine as they land rather than when
+  // the relay is done.
+  PrefillHarness h(testing::deepTinyModel(), 4);
+  ASSERT_TRUE(h.ready());
+  ASSERT_TRUE(h.loader_->start(h.load(21, {.de_path_blocks = 3, .pe_path_blocks = 1})).isOk());
+  ASSERT_TRUE(pollUntil([&] {
+    EXPECT_TRUE(h.server_->poll().isOk());
+    EXPECT_TRUE(h.loader_->poll().isOk());
+    return h.loader_->copyStarted();
+  }));
+  EXPECT_FALSE(h.loader_->done()) << "the copy starts with the first relayed layer, not the last";
+  EXPECT_LT(h.server_->counters().layers_landed, h.model_.layers);
+  EXPECT_EQ(h.server_->counters().relays_done, 0u);
+  EXPECT_TRUE(h.copy_->waitForLayer(0, CopyClock::now() + std::chrono::seconds(10)).isOk());
+  ASSERT_TRUE(h.runToEnd());
+  const PrefillLoadResult& r = h.loader_->result();
+  EXPECT_EQ(r.state, PrefillLoadState::ok) << r.status.toString();
+  expectCounters(r.counters, 1, 3, 0, 0);
+  h.computeSide();
+  h.expectDevice(4);
+  ASSERT_TRUE(h.loader_->endLoad().isOk());
+}
+
+TEST(PrefillLoader, APePathReadStillPendingAtTheDeadlineEndsAtOnce) {
+  // The PE node's emulated storage NIC delivers the second block only after
+  // 100 s; poll() never waits for it, and at the deadline it ends as timeout.
+  PrefillHarness h(testing::tinyModel(), 2);
+  ASSERT_TRUE(h.ready());
+  auto limiter = StorageRateLimiter::create(41.0, h.model_.fullBlockBytes()).value();
+  h.pe_store_->emulateStorageNic(limiter.get());
+  ASSERT_TRUE(h.loader_
+                  ->start(h.load(22, {.de_path_blocks = 0, .pe_path_blocks = 2},
+                                 std::chrono::milliseconds(300)))
+                  .isOk());
+  const auto started = Clock::now();
+  ASSERT_TRUE(h.runToEnd());
+  EXPECT_LT(Clock::now() - started, std::chrono::seconds(5)) << "bounded by the deadline";
+  const PrefillLoadResult& r = h.loader_->result();
+  EXPECT_EQ(r.state, PrefillLoadState::partial) << r.status.toString();
+  EXPECT_EQ(r.status.code(), StatusCode::timeout);
+  // Block 0 was delivered at once; whether the store reaped it before the
+  // deadline depends on the store, block 1 cannot have been.
+  EXPECT_THAT(r.status.message(), HasSubstr("request 22: "));
+  ASSERT_FALSE(r.failed_blocks.empty());
+  EXPECT_EQ(r.failed_blocks.back(), idOf(1));
+  EXPECT_LE(r.copied_blocks, 1u);
+  EXPECT_EQ(r.recompute_from_token, r.copied_blocks * h.model_.block_tokens);
+  h.computeSide();
+  h.expectDevice(r.copied_blocks);
+  ASSERT_TRUE(h.loader_->endLoad().isOk());
+  EXPECT_EQ(h.pe_pool_->available(), h.pe_pool_->slots());
+}
+
+TEST(PrefillLoader, TwoLoadersShareOneRelayClient) {
+  // One PE engine with two loads in flight: each loader has its own copy
+  // engine and device buffer, both share the store, the PE buffer and the
+  // relay connection, and each takes only its own relay's events.
+  PrefillHarness h(testing::deepTinyModel(), 4);
+  ASSERT_TRUE(h.ready());
+  std::vector<std::byte> second_device(2 * h.model_.fullBlockBytes(), kUntouched);
+  auto second_copy = makeHostCopyEngine({.lookahead = 2}).value();
+  auto second = PrefillLoader::create(PrefillLoaderParts{.store = *h.pe_store_,
+                                                         .pool = *h.pe_pool_,
+                                                         .relay = h.client_.get(),
+                                                         .copy_engine = *second_copy},
+                                      h.model_)
+                    .value();
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  PrefillLoad first_load{.request_id = 31,
+                         .blocks = {idOf(0), idOf(1)},
+                         .plan = {.de_path_blocks = 2, .pe_path_blocks = 0},
+                         .device_blocks = {h.device_.data(),
+                                           h.device_.data() + h.model_.fullBlockBytes()},
+                         .deadline = deadline};
+  PrefillLoad second_load{.request_id = 32,
+                          .blocks = {idOf(2), idOf(3)},
+                          .plan = {.de_path_blocks = 1, .pe_path_blocks = 1},
+                          .device_blocks = {second_device.data(),
+                                            second_device.data() + h.model_.fullBlockBytes()},
+                          .deadline = deadline};
+  ASSERT_TRUE(h.loader_->start(std::move(first_load)).isOk());
+  ASSERT_TRUE(second->start(std::move(second_load)).isOk());
+  ASSERT_TRUE(pollUntil([&] {
+    EXPECT_TRUE(h.server_->poll().isOk());
+    if (!h.loader_->done()) {
+      EXPECT_TRUE(h.loader_->poll().isOk());
+    }
+    if (!second->done()) {
+      EXPECT_TRUE(second->poll().isOk());
+    }
+    return h.loader_->done() && second->done();
+  }));
+  EXPECT_EQ(h.loader_->result().state, PrefillLoadState::ok) << h.loader_->result().status.toString();
+  EXPECT_EQ(second->result().state, PrefillLoadState::ok) << second->result().status.toString();
+  expectCounters(h.loader_->result().counters, 0, 2, 0, 0);
+  expectCounters(second->result().counters, 1, 1, 0, 0);
+  const auto copy_deadline = CopyClock::now() + std::chrono::seconds(10);
+  for (LayerCopyEngine* copy : {h.copy_.get(), second_copy.get()}) {
+    for (std::uint32_t l = 0; l < h.model_.layers; ++l) {
+      EXPECT_TRUE(copy->waitForLayer(l, copy_deadline).isOk());
+    }
+    EXPECT_TRUE(copy->finish(copy_deadline).isOk());
+  }
+  for (std::size_t b = 0; b < 4; ++b) {
+    const std::byte* device = b < 2 ? h.device_.data() + b * h.model_.fullBlockBytes()
+                                    : second_device.data() + (b - 2) * h.model_.fullBlockBytes();
+    EXPECT_EQ(std::memcmp(device, h.payloads_[b].data(), h.model_.fullBlockBytes()), 0)
+        << "block " << b;
+  }
+  EXPECT_EQ(h.server_->counters().relays_done, 2u);
+  ASSERT_TRUE(h.loader_->endLoad().isOk());
+  ASSERT_TRUE(second->endLoad().isOk());
+  second.reset();
+  EXPECT_EQ(h.pe_pool_->available(), h.pe_pool_->slots());
+}
+
 TEST(PrefillLoader, ABlockMissingOnTheDeIsReadOnThePePath) {
   PrefillHarness h(testing::tinyModel(), 6);
   ASSERT_TRUE(h.ready());
@@ -252,6 +372,32 @@ TEST(PrefillLoader, ABlockMissingOnTheDeIsReadOnThePePath) {
   h.expectDevice(6);
   EXPECT_EQ(h.pe_store_->counters().reads_ok, 3u) << "2 planned + 1 fallback";
   EXPECT_EQ(h.de_store_->counters().reads_failed, 1u);
+  ASSERT_TRUE(h.loader_->endLoad().isOk());
+}
+
+TEST(PrefillLoader, ABlockTheDeCannotReadIsReadOnThePePathWhileTheRelayGoesOn) {
+  // 64 layers: the relay of the other blocks takes many server steps, and
+  // the fallback read goes out as soon as block_failed arrives (before any
+  // layer), not once the relay is done.
+  PrefillHarness h(testing::deepTinyModel(), 4);
+  ASSERT_TRUE(h.ready());
+  h.de_store_->erase(idOf(1));
+  ASSERT_TRUE(h.loader_->start(h.load(23, {.de_path_blocks = 4, .pe_path_blocks = 0})).isOk());
+  bool relay_done_when_read = true;
+  ASSERT_TRUE(pollUntil([&] {
+    EXPECT_TRUE(h.server_->poll().isOk());
+    EXPECT_TRUE(h.loader_->poll().isOk());
+    if (h.pe_store_->counters().reads_ok == 0) return false;
+    relay_done_when_read = h.server_->counters().relays_done > 0;
+    return true;
+  }));
+  EXPECT_FALSE(relay_done_when_read) << "the fallback read waited for the relay";
+  ASSERT_TRUE(h.runToEnd());
+  const PrefillLoadResult& r = h.loader_->result();
+  EXPECT_EQ(r.state, PrefillLoadState::ok) << r.status.toString();
+  expectCounters(r.counters, 0, 3, 1, 0);
+  h.computeSide();
+  h.expectDevice(4);
   ASSERT_TRUE(h.loader_->endLoad().isOk());
 }
 

@@ -9,6 +9,10 @@
 //   DP_TRY(store.wait(batch, deadline));    // every read now has its outcome
 //   for (const BlockRead& read : batch.reads()) ... read.status ...
 //
+// or, for a caller with its own loop, poll() instead of wait():
+//
+//   DP_TRY_ASSIGN(bool done, store.poll(batch));  // never blocks
+//
 // Each read ends in exactly one outcome, a Status whose message names the
 // block id (and the file, for the POSIX store):
 //   ok         the destination holds the payload, verified against its checksum;
@@ -28,7 +32,8 @@
 //
 // Threading: a store is driven by one thread at a time (the loader's I/O
 // thread); calls from several threads need external locking. The destination
-// buffers belong to the store from submit() until wait() returns.
+// buffers belong to the store from submit() until wait() returns or poll()
+// returns true.
 #pragma once
 
 #include <chrono>
@@ -63,13 +68,13 @@ class ReadBatch {
   ReadBatch(ReadBatch&&) = default;
   ReadBatch& operator=(ReadBatch&&) = default;
 
-  // Only before submit() or after wait().
+  // Only while the batch is not in flight.
   void add(const BlockId& id, std::span<std::byte> destination);
   void clear();
 
   std::span<const BlockRead> reads() const noexcept { return reads_; }
   std::size_t size() const noexcept { return reads_.size(); }
-  // Reads whose outcome is not ok (valid after wait()).
+  // Reads whose outcome is not ok (valid once the batch is not in flight).
   std::size_t failures() const noexcept;
   bool inFlight() const noexcept { return in_flight_; }
 
@@ -77,6 +82,12 @@ class ReadBatch {
   friend class BlockStore;
   std::vector<BlockRead> reads_;
   bool in_flight_ = false;
+  // The storage gave every read its outcome (doPoll() returned true); only the
+  // emulated link may still hold reads back.
+  bool storage_done_ = false;
+  // Per read: verified ok, but the emulated link has not delivered it yet, so
+  // poll() shows it as pending.
+  std::vector<bool> awaiting_delivery_;
 };
 
 // What a store did, for tests and benchmarks. Counts only grow.
@@ -108,6 +119,20 @@ class BlockStore {
   // invalid_usage when the batch was not submitted.
   Status wait(ReadBatch& batch, Deadline deadline);
 
+  // Reaps the reads of `batch` that have completed, without blocking. true
+  // once every read has its outcome: the batch is then no longer in flight,
+  // exactly as after wait(). false while some read is pending. With an
+  // emulated storage NIC a read counts as complete only once the emulated
+  // link has delivered it (its emulated_delivery has passed). invalid_usage
+  // when the batch was not submitted.
+  //
+  // Until it returns true, a read whose status is still `again` is pending and
+  // the others have their outcome. poll() has no deadline: a caller that stops
+  // polling ends the batch with wait(), which takes over whatever poll()
+  // started. Which stores do the reads inside poll() itself (the in-memory
+  // store, the POSIX store's pread engine) is said in their headers.
+  Result<bool> poll(ReadBatch& batch);
+
   // submit() then wait().
   Status read(ReadBatch& batch, Deadline deadline);
 
@@ -119,7 +144,8 @@ class BlockStore {
 
   // Emulates this node's storage NIC (storage_limiter.h): each read takes its
   // Full Block's bytes from `limiter` at submit(), and wait() holds its
-  // completion back until the emulated link has delivered it; a read the link
+  // completion back until the emulated link has delivered it (poll() reports
+  // it pending until then, without sleeping); a read the link
   // delivers only after the deadline ends as timeout, naming the emulated
   // link. nullptr (the default) reads at full speed. The limiter must outlive
   // the store, and may be shared by the stores of one node. counters() count
@@ -131,12 +157,22 @@ class BlockStore {
   explicit BlockStore(ModelSpec model) : model_(std::move(model)) {}
 
   // Called with every read's status reset to pending; must give each read its
-  // outcome by the end of doWait().
+  // outcome by the end of doWait(), or by the doPoll() that returns true.
   virtual Status doSubmit(std::span<BlockRead> reads) = 0;
+  // May follow doPoll() calls that returned false: it then ends the reads
+  // they left pending. Never called after doPoll() returned true.
   virtual Status doWait(std::span<BlockRead> reads, Deadline deadline) = 0;
+  // Gives outcomes to the reads that have completed, without waiting for the
+  // storage; true once every read has one. Not called again for the batch
+  // after it returned true. An error means the engine broke; the batch stays
+  // in flight and wait() ends it.
+  virtual Result<bool> doPoll(std::span<BlockRead> reads) = 0;
 
  private:
   void holdBackForEmulatedNic(std::span<BlockRead> reads, Deadline deadline) const;
+  // poll()'s side of the emulated link: pending reads that it has not
+  // delivered by `now`, without sleeping; true when none is left.
+  bool deliveredByEmulatedNic(ReadBatch& batch, Clock::time_point now) const;
 
   ModelSpec model_;
   StorageRateLimiter* limiter_ = nullptr;

@@ -7,7 +7,8 @@
 //
 //   DE node: RelayServer                      PE node: RelayClient
 //     <-- request (ids, PE slot offsets, PE remote key, budget) --
-//     store.read(all blocks) -> DE buffer
+//     store.submit(each block) -> DE buffer; reaped by store.poll(); each
+//       block's puts start as soon as it is read (see below)
 //     -- block_failed(index, id, status) -->   one per block the DE could not read
 //     put Layer Block 0 of every good block; wait for remote completion
 //     -- layer_landed(0, blocks) ---------->   event: layer 0 landed
@@ -40,15 +41,22 @@
 // Threading: no internal thread. A server or client is driven by one thread at
 // a time (its poll(), and the client's startRelay()); it is not thread-safe
 // itself, but other components may use the same Engine from other threads.
-// RelayServer::poll() runs the DE store's read of a whole request and so may
-// block for up to that request's remaining budget; everything else returns
-// without waiting.
+// Neither poll() waits: the server submits a request's reads as soon as it
+// has DE buffer slots for them and reaps them with the store's non-blocking
+// poll (a batch whose budget has run out is ended by store.wait() with its
+// past deadline, which returns at once). So the server reads the next
+// requests while the active one's puts are on the wire; it relays one
+// request at a time, in arrival order. Each block is its own read batch (a
+// batch's buffers are the store's until all of it is reaped), so the active
+// relay puts a block's layers as soon as that block is read; its layer
+// notices start once every read of the request has its outcome.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -63,7 +71,8 @@ namespace dualpath::loader {
 // Blocks in one relay request (the request message must fit one receive).
 inline constexpr std::size_t kMaxRelayBlocks = 4096;
 // Relays a client keeps in flight on one endpoint; startRelay says `again`
-// beyond it. The server serves them one at a time, in order.
+// beyond it. The server reads them as soon as it has DE buffer slots for
+// them and relays them one at a time, in order.
 inline constexpr std::size_t kMaxRelaysInFlight = 8;
 
 // What the PE asks the DE for.
@@ -109,6 +118,21 @@ struct RelayServerCounters {
   std::uint64_t blocks_failed = 0;  // DE reads reported as block_failed
   std::uint64_t layers_landed = 0;  // layer_landed notices sent
   std::uint64_t bytes_put = 0;      // payload bytes remote-completed
+  // Relays whose reads were submitted (they got their DE buffer slots), and
+  // those whose reads were submitted while an earlier relay of this server
+  // was still being served: the DE's reads overlapping another relay's puts.
+  std::uint64_t read_batches = 0;
+  std::uint64_t read_batches_overlapped = 0;
+};
+
+struct RelayServerOptions {
+  // The largest put. A block's consecutive Layer Blocks are adjacent in the
+  // DE buffer and in the PE slot, so up to this many bytes of them go as one
+  // put: fewer puts (and, over tcp, fewer emulated puts and flushes, each a
+  // round trip), at the price of layer notices in groups of that many layers
+  // (each layer is still announced separately, in order). 0, or less than a
+  // Layer Block: one put per Layer Block.
+  std::uint64_t max_put_bytes = 0;
 };
 
 // Runs on the DE node: serves the relay requests that arrive on its endpoint.
@@ -121,7 +145,8 @@ class RelayServer {
   // pool cannot be registered.
   static Result<std::unique_ptr<RelayServer>> create(std::unique_ptr<transport::Endpoint> endpoint,
                                                      BlockStore& store, BufferPool& pool,
-                                                     const ModelSpec& model);
+                                                     const ModelSpec& model,
+                                                     RelayServerOptions options = {});
   ~RelayServer();
   RelayServer(const RelayServer&) = delete;
   RelayServer& operator=(const RelayServer&) = delete;
@@ -177,6 +202,12 @@ class RelayClient {
   // gets its `finished` event with the error and poll() returns that error,
   // now and on every later call.
   Status poll(std::vector<RelayEvent>& events);
+
+  // poll() for callers that share one client (several PrefillLoaders of one
+  // PE engine, driven by one thread): appends only the events of the relays
+  // named in `request_ids`, in order; the others' events are held, and go to
+  // the next poll() or pollRelays() that names their relay.
+  Status pollRelays(std::span<const std::uint64_t> request_ids, std::vector<RelayEvent>& events);
 
   std::size_t relaysInFlight() const noexcept;
   const std::string& peerName() const noexcept;

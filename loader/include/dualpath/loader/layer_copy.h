@@ -18,7 +18,7 @@
 //                                           // layers up to l + lookahead are issued
 //     ... compute layer l ...
 //     engine.saveLayer(l, new_kv_of_l);     // device -> host buffer, in the background
-//   }
+//   }                                       // (layersSaved() counts the saves done)
 //   engine.finish(deadline);                // every copy and save is done
 //
 // A layer is copied once its sources are in the host buffer. On the PE path
@@ -105,6 +105,12 @@ class LayerCopyEngine {
   // Copies `segments` (device -> host buffer) in the background, after the
   // layer's load copy.
   virtual Status saveLayer(std::uint32_t layer, std::vector<CopySegment> segments) = 0;
+
+  // How many layers of the current load (or of the last one, after finish())
+  // are saved: layers [0, n) each had saveLayer() called and every save of
+  // them is done, so their KV is in the host buffer. Never waits; any thread
+  // (the loader thread hands saved layers on, HandoffSender::layersSaved).
+  virtual std::uint32_t layersSaved() const = 0;
 
   // Issues whatever is left, then waits for every copy and save of the load
   // and ends it. On timeout the copies not yet started are dropped and the

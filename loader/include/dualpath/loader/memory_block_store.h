@@ -5,6 +5,8 @@
 // checks the header and the payload checksum, so a test can flip a byte or cut
 // a block short (mutableStoredBytes(), truncate()) and see corrupt. Reads run
 // in wait(), in order; a read that starts after the deadline ends as timeout.
+// The first poll() runs them all and returns true: memory never makes a read
+// wait.
 //
 // Threading: as BlockStore.
 #pragma once
@@ -38,6 +40,8 @@ class MemoryBlockStore final : public BlockStore {
   explicit MemoryBlockStore(ModelSpec model) : BlockStore(std::move(model)) {}
   Status doSubmit(std::span<BlockRead> reads) override;
   Status doWait(std::span<BlockRead> reads, Deadline deadline) override;
+  Result<bool> doPoll(std::span<BlockRead> reads) override;
+  Status readOne(BlockRead& read);
 
   std::map<BlockId, std::vector<std::byte>> blocks_;
   StoreCounters counters_;

@@ -5,16 +5,22 @@
 // 256 directories, created on first write, so no directory holds millions of
 // entries). A file is the header and payload of block_format.h.
 //
-// Reads. The io_uring engine keeps up to `queue_depth` blocks in flight, two
-// reads each (header into the store's registered header slab, payload straight
-// into the caller's destination, as a fixed-buffer read when the destination
-// lies in a region given to registerBuffers()). Files are opened with O_DIRECT
-// when statx(STATX_DIOALIGN) on a probe file at open() reports an alignment and
-// the destination and block size honour it; otherwise through the page cache
-// (tmpfs, for one), which a debug line reports once. The pread engine does the
-// same reads one at a time in wait(). IoEngine::automatic takes io_uring and,
-// when the kernel refuses a ring (EPERM, ENOSYS: a container's seccomp
-// profile), pread, with one warning per process.
+// Reads. The io_uring engine keeps up to `queue_depth` blocks in flight. A
+// block whose destination lies in a region given to registerBuffers() is two
+// fixed-buffer reads (header into the store's registered header slab, payload
+// straight into the destination); any other block is one readv of the whole
+// file (header into the slab, payload into the destination). Payloads are
+// hashed after the freed slots are refilled, so verification overlaps the
+// reads still in flight. poll() reaps the completions already posted
+// (io_uring_peek_cqe) and refills the queue, never waiting. Files are opened
+// with O_DIRECT when statx(STATX_DIOALIGN) on a probe file at open() reports
+// an alignment and the destination and block size honour it; otherwise
+// through the page cache (tmpfs, for one), which a debug line reports once.
+// The pread engine reads header and payload one block at a time in wait(), or
+// the whole batch in the first poll() (pread is synchronous).
+// IoEngine::automatic takes io_uring and, when the kernel refuses a ring
+// (EPERM, ENOSYS: a container's seccomp profile), pread, with one warning per
+// process.
 //
 // Writes. A block is written to a temp file in its final directory,
 // <hex>.blk.tmp.<pid>.<seq>.<host>, fsynced per FsyncPolicy, renamed over
@@ -112,6 +118,7 @@ class PosixBlockStore final : public BlockStore {
   PosixBlockStore(ModelSpec model, std::unique_ptr<Impl> impl);
   Status doSubmit(std::span<BlockRead> reads) override;
   Status doWait(std::span<BlockRead> reads, Deadline deadline) override;
+  Result<bool> doPoll(std::span<BlockRead> reads) override;
 
   std::unique_ptr<Impl> impl_;
 };

@@ -30,12 +30,17 @@
 // loader starts the copy engine (sources_ready = false) only once it knows
 // which blocks are copied: when every PE-path read has its outcome and the
 // relay's failures are known (the relay reports them before its first layer
-// notice), which is the first moment any layer could be handed out anyway.
+// notice), which is the first moment any layer could be handed out anyway
+// (layer l of the copy includes layer l of the PE-path blocks). From then on
+// each relayed layer goes out as it lands, while the relay goes on.
 // PrefillLoadResult::copy_started and copyStarted() say whether it did.
 //
 // Threading: no internal thread. One thread (the inference engine's loader
 // thread) calls start(), poll()/run() and endLoad(); it is the only user of
-// the RelayClient. The compute thread uses the copy engine alone: once
+// the RelayClient's events of its relays (it takes them with pollRelays(), so
+// several loaders driven by one thread may share one client: a PE engine
+// with loads in flight on several loaders, each with its own copy engine).
+// The compute thread uses the copy engine alone: once
 // copyStarted() (an atomic flag, readable from any thread) is true it calls
 // waitForLayer(l) before layer l's compute and finish() at the end; then the
 // loader thread calls endLoad(), which gives the PE buffer slots back. The
@@ -127,11 +132,11 @@ class PrefillLoader {
   // started nothing.
   Status start(PrefillLoad load);
 
-  // Advances the load and never blocks past its deadline: polls the relay
-  // (never waits), hands arrived layers to the copy engine, and, once the
-  // relay is done, waits for the PE-path reads (bounded by the deadline).
-  // After the terminal state it only drains a relay that is still ending.
-  // invalid_usage without a load.
+  // Advances the load and never waits: polls the relay, reaps the PE-path
+  // reads (BlockStore poll; at the deadline the reads still pending end as
+  // timeout at once), sends fallback reads, hands arrived layers to the copy
+  // engine. After the terminal state it only drains a relay that is still
+  // ending. invalid_usage without a load.
   Status poll();
 
   // poll() until the terminal state or `deadline`, whichever is first
@@ -160,7 +165,8 @@ class PrefillLoader {
   void drainRelay();
   void advance();
   void handleRelayEvents();
-  void waitBatch();
+  void reapBatch(bool past_deadline);
+  std::vector<std::uint64_t> relayIds() const;
   void submitFallback();
   void releaseLayers();
   bool settled() const;
