@@ -1,0 +1,486 @@
+#include "interference.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "collectives.h"
+#include "net_plugin.h"
+#include "rank_launcher.h"
+
+namespace dualpath::bench {
+namespace {
+
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// The classes of every case's policy: trafficClass 0 is `collective`, 1 is `kv`.
+constexpr int kCollectiveClass = 0;
+constexpr int kKvClass = 1;
+// Messages a KV stream keeps in flight each way; the end of a stream is this
+// many zero-byte messages, so that every posted receive is matched.
+constexpr std::size_t kKvWindow = 8;
+
+enum class Case { alone, qos_off, qos_on };
+
+std::string_view caseName(Case c) {
+  switch (c) {
+    case Case::alone:
+      return "alone";
+    case Case::qos_off:
+      return "kv, qos off";
+    case Case::qos_on:
+      return "kv, qos on";
+  }
+  return "?";
+}
+
+// Policy text of a case: the Ethernet test bed's two classes; the arbiter
+// shapes each rank's link to the emulated NIC. QoS off: KV at high priority,
+// so the arbiter shares the link evenly between the classes.
+std::string policyText(Case c, double link_gbps) {
+  return fmt::format(
+      "# written by dualpath-bench interference, case '{}'\n"
+      "format = 1\n\n"
+      "[fabric]\nkind = \"ethernet\"\n\n"
+      "[[class]]\nname = \"collective\"\nrole = \"collectives\"\npriority = \"high\"\n"
+      "default = true\nnccl_traffic_classes = [{}]\n\n"
+      "[[class]]\nname = \"kv\"\nrole = \"kv\"\npriority = \"{}\"\n"
+      "nccl_traffic_classes = [{}]\ndscp = 10\n\n"
+      "[arbiter]\nlow_share = 0.05\nlink_rate = \"{}mbit\"\n",
+      caseName(c), kCollectiveClass, c == Case::qos_off ? "high" : "low", kKvClass,
+      static_cast<long long>(std::llround(link_gbps * 1000)));
+}
+
+double bytesPerSecond(double gbps) {
+  return gbps * 1e9 / 8;
+}
+
+// ------------------------------------------------------------ KV traffic
+
+// One rank's KV stream: Layer-Block-sized messages to the next rank at the
+// offered rate, and the previous rank's stream received, on the kv mesh.
+// Runs on its own thread while the main thread runs collectives.
+class KvStream {
+ public:
+  KvStream(NetPlugin& plugin, NetMesh& mesh, std::size_t message_bytes, double offered_bytes_per_s)
+      : plugin_(plugin), mesh_(mesh), message_bytes_(message_bytes), rate_(offered_bytes_per_s) {}
+
+  Status start() {
+    DP_TRY_ASSIGN(send_, mesh_.allocate(message_bytes_));
+    DP_TRY_ASSIGN(recv_, mesh_.allocate(message_bytes_ * kKvWindow));
+    thread_ = std::thread([this] { status_ = run(); });
+    return Status::ok();
+  }
+
+  // Ends the stream: what was sent by now counts; the rest drains.
+  Status stop() {
+    stop_.store(true, std::memory_order_release);
+    if (thread_.joinable()) thread_.join();
+    return status_;
+  }
+
+  // Data bytes the next rank confirmed (sends completed) before stop().
+  std::uint64_t bytesDelivered() const { return delivered_at_stop_; }
+  double seconds() const { return seconds_; }
+
+ private:
+  Status run() {
+    const int next = (mesh_.rank() + 1) % mesh_.ranks();
+    const int prev = (mesh_.rank() + mesh_.ranks() - 1) % mesh_.ranks();
+    void* send_comm = mesh_.sendComm(next);
+    void* recv_comm = mesh_.recvComm(prev);
+    std::vector<void*> sends;             // in flight
+    std::vector<void*> recvs(kKvWindow);  // one per receive slot
+    std::uint64_t posted = 0;
+    std::uint64_t completed_bytes = 0;
+    std::size_t end_markers_posted = 0;
+    std::size_t end_markers_seen = 0;
+    std::size_t recvs_open = 0;
+    const Clock::time_point started = Clock::now();
+    Clock::time_point stopped{};
+    const Clock::time_point give_up = started + std::chrono::minutes(5);
+    for (;;) {
+      const Clock::time_point now = Clock::now();
+      if (now > give_up) {
+        return Status(StatusCode::timeout,
+                      fmt::format("kv stream of rank {}: not drained after 5 minutes", mesh_.rank()));
+      }
+      const bool stopping = stop_.load(std::memory_order_acquire);
+      if (stopping && stopped == Clock::time_point{}) {
+        stopped = now;
+        delivered_at_stop_ = completed_bytes;
+        seconds_ = std::chrono::duration<double>(now - started).count();
+      }
+      // Receives: completions (a zero-byte one is an end marker), then as
+      // many posted as messages may still come: every end marker seen is one
+      // receive fewer, so the last marker leaves none unmatched.
+      for (void*& recv : recvs) {
+        if (recv == nullptr) continue;
+        bool done = false;
+        int size = 0;
+        DP_TRY(plugin_.test(recv, &done, &size));
+        if (!done) continue;
+        recv = nullptr;
+        --recvs_open;
+        if (size == 0) ++end_markers_seen;
+      }
+      for (std::size_t slot = 0; slot < kKvWindow && recvs_open < kKvWindow - end_markers_seen;
+           ++slot) {
+        if (recvs[slot] != nullptr) continue;
+        DP_TRY(plugin_.irecv(recv_comm, recv_.bytes().data() + slot * message_bytes_,
+                             message_bytes_, 0, recv_.recvHandle(prev), &recvs[slot]));
+        if (recvs[slot] == nullptr) break;  // the plugin is full: later
+        ++recvs_open;
+      }
+      // Sends: paced to the offered rate until stop, then the end markers.
+      for (auto it = sends.begin(); it != sends.end();) {
+        bool done = false;
+        int size = 0;
+        DP_TRY(plugin_.test(*it, &done, &size));
+        if (done) {
+          completed_bytes += static_cast<std::uint64_t>(size);
+          it = sends.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      const double allowed =
+          rate_ * std::chrono::duration<double>(now - started).count();
+      while (sends.size() < kKvWindow) {
+        void* request = nullptr;
+        if (!stopping) {
+          if (static_cast<double>((posted + 1) * message_bytes_) > allowed) break;
+          DP_TRY(plugin_.isend(send_comm, send_.bytes().data(), message_bytes_, 0,
+                               send_.sendHandle(next), &request));
+          if (request == nullptr) break;
+          ++posted;
+        } else if (end_markers_posted < kKvWindow) {
+          DP_TRY(plugin_.isend(send_comm, send_.bytes().data(), 0, 0, send_.sendHandle(next),
+                               &request));
+          if (request == nullptr) break;
+          ++end_markers_posted;
+        } else {
+          break;
+        }
+        sends.push_back(request);
+      }
+      if (stopping && end_markers_posted == kKvWindow && sends.empty() &&
+          end_markers_seen == kKvWindow) {
+        return Status::ok();
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  NetPlugin& plugin_;
+  NetMesh& mesh_;
+  std::size_t message_bytes_;
+  double rate_;
+  MeshBuffer send_;
+  MeshBuffer recv_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  Status status_;
+  std::uint64_t delivered_at_stop_ = 0;
+  double seconds_ = 0;
+};
+
+// ------------------------------------------------------------ one rank
+
+std::byte patternByte(std::uint64_t seed, std::size_t i) {
+  return static_cast<std::byte>((seed * 131 + i * 7 + i / 251) & 0xff);
+}
+
+float contribution(std::size_t r, std::size_t c, std::size_t i) {
+  return static_cast<float>((r + 1) * 3 + c * 5 + i % 11);
+}
+
+// One collective at one size on this rank: buffers, a verified run, warmup,
+// the timed iterations (with KV beside them when `kv` is set).
+class SizeRun {
+ public:
+  SizeRun(NetMesh& mesh, const std::string& op, std::size_t bytes)
+      : mesh_(mesh), op_(op), n_(static_cast<std::size_t>(mesh.ranks())),
+        me_(static_cast<std::size_t>(mesh.rank())) {
+    chunk_bytes_ = std::max<std::size_t>(bytes / n_, sizeof(float));
+    chunk_bytes_ -= chunk_bytes_ % sizeof(float);
+  }
+
+  std::size_t chunkBytes() const { return chunk_bytes_; }
+  std::size_t count() const { return op_ == "reduce_scatter" ? chunk_bytes_ / sizeof(float) : chunk_bytes_; }
+
+  Status prepare() {
+    DP_TRY_ASSIGN(a_, mesh_.allocate(chunk_bytes_ * n_));
+    DP_TRY_ASSIGN(b_, mesh_.allocate(chunk_bytes_ * n_));
+    output_.assign(chunk_bytes_ / sizeof(float), 0);
+    return Status::ok();
+  }
+
+  // Fills the inputs, runs once, counts the wrong elements.
+  Result<std::uint64_t> verify(CollectiveDeadline deadline) {
+    fill();
+    DP_TRY(once(deadline));
+    return wrongElements();
+  }
+
+  Status once(CollectiveDeadline deadline) {
+    if (op_ == "all_gather") return mesh_.allGather(a_, chunk_bytes_, deadline);
+    if (op_ == "reduce_scatter") {
+      return mesh_.reduceScatter(a_, b_, output_, chunk_bytes_ / sizeof(float), deadline);
+    }
+    return mesh_.allToAll(a_, b_, chunk_bytes_, deadline);
+  }
+
+  // Bytes this rank sends in one run.
+  std::size_t bytesSent() const { return chunk_bytes_ * (n_ - 1); }
+
+ private:
+  void fill() {
+    if (op_ == "all_gather") {
+      for (std::size_t i = 0; i < chunk_bytes_; ++i) {
+        a_.bytes()[me_ * chunk_bytes_ + i] = patternByte(me_, i);
+      }
+    } else if (op_ == "reduce_scatter") {
+      const std::size_t count = chunk_bytes_ / sizeof(float);
+      std::span<float> in = a_.as<float>();
+      for (std::size_t c = 0; c < n_; ++c) {
+        for (std::size_t i = 0; i < count; ++i) in[c * count + i] = contribution(me_, c, i);
+      }
+    } else {
+      for (std::size_t p = 0; p < n_; ++p) {
+        for (std::size_t i = 0; i < chunk_bytes_; ++i) {
+          a_.bytes()[p * chunk_bytes_ + i] = patternByte(me_ * n_ + p, i);
+        }
+      }
+    }
+  }
+
+  std::uint64_t wrongElements() const {
+    std::uint64_t wrong = 0;
+    if (op_ == "all_gather") {
+      for (std::size_t c = 0; c < n_; ++c) {
+        for (std::size_t i = 0; i < chunk_bytes_; ++i) {
+          wrong += a_.bytes()[c * chunk_bytes_ + i] != patternByte(c, i);
+        }
+      }
+    } else if (op_ == "reduce_scatter") {
+      for (std::size_t i = 0; i < output_.size(); ++i) {
+        float expected = 0;
+        for (std::size_t r = 0; r < n_; ++r) expected += contribution(r, me_, i);
+        wrong += output_[i] != expected;
+      }
+    } else {
+      for (std::size_t q = 0; q < n_; ++q) {
+        for (std::size_t i = 0; i < chunk_bytes_; ++i) {
+          wrong += b_.bytes()[q * chunk_bytes_ + i] != patternByte(q * n_ + me_, i);
+        }
+      }
+    }
+    return wrong;
+  }
+
+  NetMesh& mesh_;
+  std::string op_;
+  std::size_t n_;
+  std::size_t me_;
+  std::size_t chunk_bytes_;
+  MeshBuffer a_;
+  MeshBuffer b_;
+  std::vector<float> output_;
+};
+
+// Timed iterations: at least o.iters and at least o.min_seconds long, from
+// the slowest rank's time for one; every rank computes the same number.
+Result<int> agreeOnIterations(Bootstrap& bootstrap, SizeRun& run, const InterferenceOptions& o,
+                              CollectiveDeadline deadline) {
+  DP_TRY(bootstrap.barrier());
+  const Clock::time_point started = Clock::now();
+  DP_TRY(run.once(deadline));
+  const double one = std::chrono::duration<double>(Clock::now() - started).count();
+  std::array<std::byte, sizeof(double)> mine{};
+  std::memcpy(mine.data(), &one, sizeof(one));
+  DP_TRY_ASSIGN(std::vector<std::byte> all, bootstrap.allGather(mine));
+  double slowest = 0;
+  for (std::size_t at = 0; at + sizeof(double) <= all.size(); at += sizeof(double)) {
+    double t = 0;
+    std::memcpy(&t, all.data() + at, sizeof(t));
+    slowest = std::max(slowest, t);
+  }
+  const double wanted = slowest > 0 ? std::ceil(o.min_seconds / slowest) : o.iters;
+  return static_cast<int>(std::clamp<double>(wanted, o.iters, 1'000'000));
+}
+
+std::vector<std::size_t> sizesOf(const InterferenceOptions& o) {
+  std::vector<std::size_t> sizes;
+  for (std::size_t s = o.min_bytes; s <= o.max_bytes; s *= o.factor) {
+    sizes.push_back(s);
+    if (o.factor <= 1) break;
+  }
+  return sizes;
+}
+
+// A rank's whole case: every op and size; its report is a JSON array.
+Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
+               const std::string& policy_path, std::string* report) {
+  ::setenv("DUALPATH_QOS_POLICY", policy_path.c_str(), 1);
+  DP_TRY_ASSIGN(auto plugin, NetPlugin::load(o.plugin));
+  Json rows = Json::array();
+  {
+    MeshOptions collective_options;
+    collective_options.traffic_class = kCollectiveClass;
+    DP_TRY_ASSIGN(auto mesh, NetMesh::connect(*plugin, bootstrap, collective_options));
+    std::unique_ptr<NetMesh> kv_mesh;
+    if (c != Case::alone) {
+      MeshOptions kv_options;
+      kv_options.traffic_class = kKvClass;
+      DP_TRY_ASSIGN(kv_mesh, NetMesh::connect(*plugin, bootstrap, kv_options));
+    }
+    const CollectiveDeadline deadline = bootstrap.deadline();
+    for (const std::string& op : o.ops) {
+      for (std::size_t bytes : sizesOf(o)) {
+        SizeRun run(*mesh, op, bytes);
+        DP_TRY(run.prepare());
+        DP_TRY_ASSIGN(std::uint64_t wrong, run.verify(deadline));
+        for (int i = 0; i < o.warmup; ++i) DP_TRY(run.once(deadline));
+        DP_TRY_ASSIGN(const int iters, agreeOnIterations(bootstrap, run, o, deadline));
+        std::unique_ptr<KvStream> kv;
+        if (kv_mesh) {
+          kv = std::make_unique<KvStream>(*plugin, *kv_mesh, o.kv_message_bytes,
+                                          o.kv_load * bytesPerSecond(o.link_gbps));
+          DP_TRY(kv->start());
+        }
+        DP_TRY(bootstrap.barrier());
+        const Clock::time_point started = Clock::now();
+        for (int i = 0; i < iters; ++i) DP_TRY(run.once(deadline));
+        const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+        double kv_bytes_per_s = 0;
+        if (kv) {
+          DP_TRY(kv->stop());
+          kv_bytes_per_s = kv->seconds() > 0
+                               ? static_cast<double>(kv->bytesDelivered()) / kv->seconds()
+                               : 0;
+        }
+        // Both streams have drained before anyone reuses the buffers.
+        DP_TRY(bootstrap.barrier());
+        rows.push_back(Json{{"op", op},
+                            {"bytes", bytes},
+                            {"count", run.count()},
+                            {"seconds", seconds},
+                            {"iters", iters},
+                            {"wrong", wrong},
+                            {"kv_bytes_per_s", kv_bytes_per_s},
+                            {"collective_bytes_per_s",
+                             seconds > 0 ? static_cast<double>(run.bytesSent()) * iters / seconds
+                                         : 0}});
+      }
+    }
+    // Nobody closes a connection a peer still reads from.
+    DP_TRY(bootstrap.barrier());
+  }
+  *report = rows.dump();
+  return Status::ok();
+}
+
+Status validate(const InterferenceOptions& o) {
+  auto bad = [](std::string text) { return Status(StatusCode::invalid_argument, std::move(text)); };
+  if (o.ranks < 2 || o.ranks > 8) return bad(fmt::format("--ranks {}: 2 to 8 ranks", o.ranks));
+  if (o.min_bytes == 0 || o.max_bytes < o.min_bytes) {
+    return bad(fmt::format("-b {} -e {}: need 0 < minbytes <= maxbytes", o.min_bytes, o.max_bytes));
+  }
+  if (o.factor < 2) return bad(fmt::format("-f {}: the step factor must be at least 2", o.factor));
+  if (o.iters < 1 || o.warmup < 0) {
+    return bad(fmt::format("--iters {} --warmup {}: need iters >= 1, warmup >= 0", o.iters, o.warmup));
+  }
+  if (!(o.min_seconds >= 0)) return bad(fmt::format("--min-seconds {}: must be >= 0", o.min_seconds));
+  if (!(o.link_gbps > 0)) return bad(fmt::format("--link-gbps {}: must be positive", o.link_gbps));
+  if (!(o.kv_load > 0) || o.kv_load > 1) {
+    return bad(fmt::format("--kv-load {}: a fraction of the link in (0, 1]", o.kv_load));
+  }
+  if (o.kv_message_bytes == 0) return bad("--kv-message-bytes 0: must be positive");
+  for (const std::string& op : o.ops) {
+    if (op != "all_gather" && op != "reduce_scatter" && op != "alltoall") {
+      return bad(fmt::format("--op {}: one of all_gather, reduce_scatter, alltoall", op));
+    }
+  }
+  if (o.work_dir.empty()) return bad("work_dir: empty");
+  return Status::ok();
+}
+
+}  // namespace
+
+double busFactor(const std::string& /*op*/, int ranks) {
+  // nccl-tests: (n - 1) / n for all_gather, reduce_scatter and alltoall.
+  return static_cast<double>(ranks - 1) / ranks;
+}
+
+Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& o) {
+  DP_TRY(validate(o));
+  std::vector<InterferenceRow> rows;
+  for (Case c : {Case::alone, Case::qos_off, Case::qos_on}) {
+    const std::string path =
+        fmt::format("{}/interference-{}.toml", o.work_dir, static_cast<int>(c));
+    {
+      std::ofstream out(path);
+      out << policyText(c, o.link_gbps);
+      if (!out) {
+        return Status(StatusCode::io, fmt::format("writing the policy of case '{}' to {}",
+                                                  caseName(c), path));
+      }
+    }
+    DP_TRY_ASSIGN(std::vector<RankOutcome> outcomes,
+                  runRanks(
+                      o.ranks,
+                      [&](Bootstrap& bootstrap, std::string* report) {
+                        return runRank(bootstrap, o, c, path, report);
+                      },
+                      o.timeout));
+    std::vector<Json> reports;
+    for (const RankOutcome& outcome : outcomes) {
+      if (!outcome.status.isOk()) {
+        return Status(outcome.status.code(),
+                      fmt::format("case '{}': {}", caseName(c), outcome.status.message()));
+      }
+      reports.push_back(Json::parse(outcome.report, nullptr, false));
+      if (reports.back().is_discarded() || !reports.back().is_array()) {
+        return Status(StatusCode::internal,
+                      fmt::format("case '{}': rank {} reported '{}'", caseName(c), outcome.rank,
+                                  outcome.report));
+      }
+    }
+    const std::size_t sizes = reports[0].size();
+    if (rows.empty()) rows.resize(sizes);
+    for (std::size_t i = 0; i < sizes; ++i) {
+      InterferenceRow& row = rows[i];
+      row.op = reports[0][i]["op"].get<std::string>();
+      row.bytes = reports[0][i]["bytes"].get<std::size_t>();
+      row.count = reports[0][i]["count"].get<std::size_t>();
+      CaseFigures f;
+      double kv_sum = 0;
+      double collective_sum = 0;
+      for (const Json& report : reports) {
+        const Json& r = report[i];
+        f.time_us = std::max(f.time_us, r["seconds"].get<double>() * 1e6 / r["iters"].get<int>());
+        f.wrong += r["wrong"].get<std::uint64_t>();
+        kv_sum += r["kv_bytes_per_s"].get<double>();
+        collective_sum += r["collective_bytes_per_s"].get<double>();
+      }
+      f.algbw_gbs = f.time_us > 0 ? static_cast<double>(row.bytes) / (f.time_us * 1e3) : 0;
+      f.busbw_gbs = f.algbw_gbs * busFactor(row.op, o.ranks);
+      f.kv_gbs = kv_sum / static_cast<double>(reports.size()) / 1e9;
+      f.collective_gbs = collective_sum / static_cast<double>(reports.size()) / 1e9;
+      (c == Case::alone ? row.alone : c == Case::qos_off ? row.qos_off : row.qos_on) = f;
+    }
+  }
+  return rows;
+}
+
+}  // namespace dualpath::bench

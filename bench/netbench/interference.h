@@ -1,0 +1,75 @@
+// dualpath-bench interference: how much KV traffic slows the model's
+// collectives, with and without QoS, on ranks that are processes connected
+// through the NCCL net plugin.
+//
+// One invocation runs three cases on the same ranks' sizes:
+//   alone        the collectives only;
+//   kv, qos off  KV traffic beside them, both classes at high priority (the
+//                arbiter shares the link evenly: no protection);
+//   kv, qos on   KV traffic on the policy's low-priority `kv` class.
+// KV traffic is each rank sending Layer-Block-sized messages to the next
+// rank at an offered rate, on a second communicator of class `kv` (the
+// plugin's own, so one arbiter per process sees both classes).
+//
+// On loopback the link is never the bottleneck, so every case's policy sets
+// the arbiter's link_rate: each rank's egress is shaped to an emulated NIC of
+// `link_gbps`. The report says so.
+//
+// Threading: runInterference forks the ranks; call it before this process
+// starts threads or loads UCX.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <dualpath/common/status.h>
+
+namespace dualpath::bench {
+
+struct InterferenceOptions {
+  int ranks = 2;                                  // 2 to 8 processes
+  std::vector<std::string> ops = {"all_gather", "reduce_scatter", "alltoall"};
+  std::size_t min_bytes = 256 * 1024;             // nccl-tests -b
+  std::size_t max_bytes = 4 * 1024 * 1024;        // -e
+  std::size_t factor = 4;                         // -f
+  int warmup = 2;
+  int iters = 8;              // at least this many timed iterations...
+  double min_seconds = 0.5;   // ...and at least this long, so the KV stream is measured
+  double link_gbps = 1.0;                         // the emulated NIC, per rank
+  double kv_load = 0.5;                           // offered KV, as a fraction of the link
+  std::size_t kv_message_bytes = 41984;           // a DeepSeek-V3.2 Layer Block
+  std::string plugin = "dualpath";                // NCCL_NET_PLUGIN's value, or a path
+  std::string work_dir;                           // where the cases' policies are written
+  std::chrono::seconds timeout{300};
+};
+
+// One case at one size: the slowest rank's time per iteration.
+struct CaseFigures {
+  double time_us = 0;
+  double algbw_gbs = 0;  // GB/s, as nccl-tests
+  double busbw_gbs = 0;
+  std::uint64_t wrong = 0;   // elements that differed from the expected result
+  double kv_gbs = 0;         // KV delivered per rank while the collective ran, GB/s
+  double collective_gbs = 0; // bytes a rank sent for the collective, per second
+};
+
+struct InterferenceRow {
+  std::string op;
+  std::size_t bytes = 0;  // nccl-tests' size: the whole buffer
+  std::size_t count = 0;  // elements (float for reduce_scatter, byte otherwise) per rank chunk
+  CaseFigures alone;
+  CaseFigures qos_off;
+  CaseFigures qos_on;
+};
+
+// invalid_argument for options out of range (naming the option); a rank's
+// error (naming the rank and case) when one fails.
+Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& options);
+
+// nccl-tests' bus bandwidth factor for `op` on `ranks` ranks.
+double busFactor(const std::string& op, int ranks);
+
+}  // namespace dualpath::bench
