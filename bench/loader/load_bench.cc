@@ -71,6 +71,8 @@
 #include <dualpath/scheduler/scheduler.h>
 #include <dualpath/transport/transport.h>
 
+#include "load_bench.h"
+
 namespace {
 
 using namespace dualpath;
@@ -80,37 +82,7 @@ using json = nlohmann::json;
 
 constexpr std::uint64_t kPoison = 0xdeadbeefcafef00dULL;
 
-struct Args {
-  std::string model = "deepseek-v3.2";
-  std::uint32_t engines = 4;
-  // Loads a PE engine keeps in flight: each has its own PrefillLoader, copy
-  // engine and device buffer, and all share the engine's store, PE buffer
-  // and relay client. With two, the next load's reads (and the DE's reads
-  // of its relay) run while the current load relays and copies. One by
-  // default: with 1 MiB relay puts the relay keeps up, and here two were
-  // slower (docs/performance.md): the engine thread's byte check and copy
-  // wait stall the other lane's relay, and a relay queued behind another
-  // leaves the DE read queue late, so the scheduler sends the DE less.
-  std::uint32_t loads_per_engine = 1;
-  // The relay's largest put (RelayServerOptions::max_put_bytes): over tcp
-  // every put is an emulated put plus a flush, so fewer, larger puts move
-  // more per CPU second. 0: one put per Layer Block.
-  std::uint32_t relay_put_kib = 1024;
-  double rate_mbps = 200;   // MB/s (10^6 B/s) per node's emulated storage NIC
-  double burst_blocks = 1;  // bucket depth, in Full Blocks
-  std::uint32_t sessions = 6;
-  std::uint32_t turns = 8;
-  std::uint32_t initial_blocks_min = 16;
-  std::uint32_t initial_blocks_max = 32;
-  std::uint32_t new_tokens_min = 4;  // per turn: new user tokens, and the reply's tokens
-  std::uint32_t new_tokens_max = 32;
-  std::uint64_t seed = 1;
-  std::uint32_t poll_sleep_us = 20;
-  std::uint32_t load_timeout_s = 120;
-  std::uint32_t net_timeout_ms = 30'000;
-  bool json = false;
-  std::int64_t inject_mismatch = -1;  // self-test: damage this request's device bytes
-};
+using Args = dualpath::bench::LoadBenchArgs;
 
 std::string g_prefix = "load-bench";  // "load-bench [SNICs: emulated storage NIC (...)]"
 
@@ -924,14 +896,9 @@ int run(const Args& a) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  // The poll loops nap --poll-sleep-us between idle polls; the default 50 us
-  // timer slack would stretch every nap (threads inherit this setting).
-  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-  log::setSink(&logSink);
-  Args a;
-  CLI::App app{
-      "dualpath-load-bench: dual-path vs PE-path-only KV loading over emulated storage NICs"};
+namespace dualpath::bench {
+
+void addLoadBenchOptions(CLI::App& app, LoadBenchArgs& a) {
   app.add_option("--model", a.model, "model preset (deepseek-v3.2, qwen2.5-32b, tiny)");
   app.add_option("--engines", a.engines,
                  "prefill engines on the PE node (and relay servers on the DE node)");
@@ -961,6 +928,14 @@ int main(int argc, char** argv) {
   app.add_flag("--json", a.json, "print one JSON line instead of text");
   app.add_option("--inject-mismatch", a.inject_mismatch,
                  "self-test: flip a device byte of this request's last block before the check");
-  CLI11_PARSE(app, argc, argv);
+}
+
+int runLoadBench(const LoadBenchArgs& a) {
+  // The poll loops nap --poll-sleep-us between idle polls; the default 50 us
+  // timer slack would stretch every nap (threads inherit this setting).
+  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  log::setSink(&logSink);
   return run(a);
 }
+
+}  // namespace dualpath::bench

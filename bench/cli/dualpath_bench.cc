@@ -2,8 +2,8 @@
 //
 //   dualpath-bench interference   collectives over the NCCL net plugin, alone and
 //                                 beside KV traffic with QoS off and on
-//
-// The load benchmark is dualpath-load-bench for now (bench/loader).
+//   dualpath-bench load           dual-path vs PE-path-only KV loading on an agentic
+//                                 trace (the same as dualpath-load-bench)
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -19,6 +19,7 @@
 #include <dualpath/common/units.h>
 
 #include "interference.h"
+#include "load_bench.h"
 
 namespace {
 
@@ -155,7 +156,13 @@ int main(int argc, char** argv) {
   interference->add_option("--plugin", o.plugin, "NCCL_NET_PLUGIN's value, or a library path");
   interference->add_flag("--json", json, "one JSON document instead of the table");
 
+  dualpath::bench::LoadBenchArgs load_args;
+  CLI::App* load = app.add_subcommand(
+      "load", "dual-path vs PE-path-only KV loading on an agentic trace (docs/performance.md)");
+  dualpath::bench::addLoadBenchOptions(*load, load_args);
+
   CLI11_PARSE(app, argc, argv);
+  if (load->parsed()) return dualpath::bench::runLoadBench(load_args);
 
   if (interference->parsed()) {
     try {
