@@ -33,6 +33,40 @@ std::vector<char> pattern(std::size_t size, int seed) {
   return bytes;
 }
 
+// `target`, registered on the server end and imported on the client end.
+struct PutTarget {
+  std::unique_ptr<MemoryRegion> region;
+  std::unique_ptr<RemoteRegion> remote;
+};
+
+::testing::AssertionResult exposeForPuts(EndpointPair& pair, std::vector<char>& target,
+                                         PutTarget& out) {
+  auto region = pair.server->registerMemory(target.data(), target.size());
+  if (!region) return ::testing::AssertionFailure() << region.status().toString();
+  auto key = (*region)->packRemoteKey();
+  if (!key) return ::testing::AssertionFailure() << key.status().toString();
+  auto remote = pair.client->importRemote(*key, reinterpret_cast<std::uint64_t>(target.data()),
+                                          target.size());
+  if (!remote) return ::testing::AssertionFailure() << remote.status().toString();
+  out.region = std::move(region).value();
+  out.remote = std::move(remote).value();
+  return ::testing::AssertionSuccess();
+}
+
+// Posts (retrying `again`, bounded) and waits for remote completion.
+Status putAndWait(EndpointPair& pair, const std::vector<char>& block, const RemoteRegion& remote,
+                  std::size_t offset) {
+  Result<Request*> put = Status(StatusCode::again);
+  if (!pollUntil([&] {
+        put = pair.client->postPut(block.data(), block.size(), nullptr, remote, offset);
+        return put.hasValue() || put.status().code() != StatusCode::again;
+      })) {
+    return Status(StatusCode::timeout, "postPut kept saying again");
+  }
+  if (!put) return std::move(put).status();
+  return waitRequest(*put);
+}
+
 class TransportTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -135,27 +169,17 @@ TEST_F(TransportTest, PutLandsInTheRemoteRegion) {
   EndpointPair pair = connectPair(*engine_, *engine_, kv);
   ASSERT_TRUE(pair.client && pair.server);
   std::vector<char> target(2 << 20, 0);
-  auto region = pair.server->registerMemory(target.data(), target.size());
-  ASSERT_TRUE(region.hasValue()) << region.status().toString();
-  auto key = (*region)->packRemoteKey();
-  ASSERT_TRUE(key.hasValue());
-  auto remote = pair.client->importRemote(*key, reinterpret_cast<std::uint64_t>(target.data()),
-                                          target.size());
-  ASSERT_TRUE(remote.hasValue()) << remote.status().toString();
+  PutTarget put_target;
+  ASSERT_TRUE(exposeForPuts(pair, target, put_target));
+  const RemoteRegion& remote = *put_target.remote;
   // Larger than a chunk, at an offset: several granted puts, one flush.
   std::vector<char> block = pattern(policy_.arbiter.chunk + 4096, 5);
-  Result<Request*> put = Status(StatusCode::again);
-  ASSERT_TRUE(pollUntil([&] {
-    put = pair.client->postPut(block.data(), block.size(), nullptr, **remote, 4096);
-    return put.hasValue() || put.status().code() != StatusCode::again;
-  }));
-  ASSERT_TRUE(put.hasValue()) << put.status().toString();
-  Status done = waitRequest(*put);
+  Status done = putAndWait(pair, block, remote, 4096);
   ASSERT_TRUE(done.isOk()) << done.toString();
   EXPECT_TRUE(std::equal(block.begin(), block.end(), target.begin() + 4096));
   EXPECT_EQ(target[4095], 0);
 
-  auto overrun = pair.client->postPut(block.data(), block.size(), nullptr, **remote,
+  auto overrun = pair.client->postPut(block.data(), block.size(), nullptr, remote,
                                       target.size() - 10);
   ASSERT_FALSE(overrun.hasValue());
   EXPECT_EQ(overrun.status().code(), StatusCode::invalid_argument);
@@ -168,21 +192,10 @@ TEST_F(TransportTest, AWholeFourMiBPutLandsOnTheHighPriorityClass) {
   EndpointPair pair = connectPair(*engine_, *engine_, classIndex("collective"));
   ASSERT_TRUE(pair.client && pair.server);
   std::vector<char> target(6 << 20, 0);
-  auto region = pair.server->registerMemory(target.data(), target.size());
-  ASSERT_TRUE(region.hasValue()) << region.status().toString();
-  auto key = (*region)->packRemoteKey();
-  ASSERT_TRUE(key.hasValue());
-  auto remote = pair.client->importRemote(*key, reinterpret_cast<std::uint64_t>(target.data()),
-                                          target.size());
-  ASSERT_TRUE(remote.hasValue()) << remote.status().toString();
+  PutTarget put_target;
+  ASSERT_TRUE(exposeForPuts(pair, target, put_target));
   std::vector<char> block = pattern(4 << 20, 9);
-  Result<Request*> put = Status(StatusCode::again);
-  ASSERT_TRUE(pollUntil([&] {
-    put = pair.client->postPut(block.data(), block.size(), nullptr, **remote, 1 << 20);
-    return put.hasValue() || put.status().code() != StatusCode::again;
-  }));
-  ASSERT_TRUE(put.hasValue()) << put.status().toString();
-  Status done = waitRequest(*put);
+  Status done = putAndWait(pair, block, *put_target.remote, 1 << 20);
   ASSERT_TRUE(done.isOk()) << done.toString();
   EXPECT_TRUE(std::equal(block.begin(), block.end(), target.begin() + (1 << 20)));
   EXPECT_EQ(target[(1 << 20) - 1], 0);
