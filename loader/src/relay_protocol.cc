@@ -101,6 +101,32 @@ Result<Header> expectKind(std::span<const std::byte> message, MessageKind kind) 
   return header;
 }
 
+// A request and a handoff offer both open with the model geometry (both ends
+// must agree) and the budget.
+template <class Message>
+void writeGeometryAndBudget(Writer& w, const Message& m) {
+  w.u32(m.layers);
+  w.u32(m.block_tokens);
+  w.u32(m.kv_bytes_per_token_per_layer);
+  w.u32(m.budget_ms);
+}
+
+template <class Message>
+Status readGeometryAndBudget(Reader& r, std::string_view kind, Message& m) {
+  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers"));
+  DP_TRY_ASSIGN(std::uint64_t tokens, r.le(4, "block tokens"));
+  DP_TRY_ASSIGN(std::uint64_t kv_bytes, r.le(4, "kv bytes per token per layer"));
+  DP_TRY_ASSIGN(std::uint64_t budget, r.le(4, "budget ms"));
+  if (layers == 0) return fieldError(kind, "layers", "0");
+  if (tokens == 0) return fieldError(kind, "block tokens", "0");
+  if (kv_bytes == 0) return fieldError(kind, "kv bytes per token per layer", "0");
+  m.layers = static_cast<std::uint32_t>(layers);
+  m.block_tokens = static_cast<std::uint32_t>(tokens);
+  m.kv_bytes_per_token_per_layer = static_cast<std::uint32_t>(kv_bytes);
+  m.budget_ms = static_cast<std::uint32_t>(budget);
+  return Status::ok();
+}
+
 Status checkBlockCount(std::string_view what, std::uint64_t request_id, std::size_t count) {
   if (count == 0 || count > kMaxRelayBlocks) {
     return Status(StatusCode::invalid_usage,
@@ -155,10 +181,7 @@ Status encode(const RequestMessage& m, std::vector<std::byte>& out) {
   }
   Writer w(out);
   w.header(MessageKind::request, m.request_id);
-  w.u32(m.layers);
-  w.u32(m.block_tokens);
-  w.u32(m.kv_bytes_per_token_per_layer);
-  w.u32(m.budget_ms);
+  writeGeometryAndBudget(w, m);
   w.u64(m.region_base);
   w.u64(m.region_length);
   w.u32(static_cast<std::uint32_t>(m.remote_key.size()));
@@ -252,17 +275,11 @@ Result<RequestMessage> decodeRequest(std::span<const std::byte> message) {
   Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
   RequestMessage m;
   m.request_id = header.request_id;
-  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers"));
-  DP_TRY_ASSIGN(std::uint64_t tokens, r.le(4, "block tokens"));
-  DP_TRY_ASSIGN(std::uint64_t kv_bytes, r.le(4, "kv bytes per token per layer"));
-  DP_TRY_ASSIGN(std::uint64_t budget, r.le(4, "budget ms"));
+  DP_TRY(readGeometryAndBudget(r, kKind, m));
   DP_TRY_ASSIGN(m.region_base, r.le(8, "region base"));
   DP_TRY_ASSIGN(m.region_length, r.le(8, "region length"));
   DP_TRY_ASSIGN(std::uint64_t key_bytes, r.le(4, "remote key bytes"));
   DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
-  if (layers == 0) return fieldError(kKind, "layers", "0");
-  if (tokens == 0) return fieldError(kKind, "block tokens", "0");
-  if (kv_bytes == 0) return fieldError(kKind, "kv bytes per token per layer", "0");
   if (key_bytes == 0 || key_bytes > kMaxRemoteKeyBytes) {
     return fieldError(kKind, "remote key bytes",
                       fmt::format("{}, expected 1 to {}", key_bytes, kMaxRemoteKeyBytes));
@@ -278,10 +295,6 @@ Result<RequestMessage> decodeRequest(std::span<const std::byte> message) {
                     "blocks",
                     r.remaining(), key_bytes + count * kRequestBlockBytes, key_bytes, count));
   }
-  m.layers = static_cast<std::uint32_t>(layers);
-  m.block_tokens = static_cast<std::uint32_t>(tokens);
-  m.kv_bytes_per_token_per_layer = static_cast<std::uint32_t>(kv_bytes);
-  m.budget_ms = static_cast<std::uint32_t>(budget);
   DP_TRY_ASSIGN(auto key, r.bytes(key_bytes, "remote key"));
   m.remote_key.assign(key.begin(), key.end());
   m.blocks.resize(count);
@@ -376,10 +389,7 @@ Status encode(const HandoffOfferMessage& m, std::vector<std::byte>& out) {
   DP_TRY(checkBlockCount("handoff offer", m.request_id, m.blocks.size()));
   Writer w(out);
   w.header(MessageKind::handoff_offer, m.request_id);
-  w.u32(m.layers);
-  w.u32(m.block_tokens);
-  w.u32(m.kv_bytes_per_token_per_layer);
-  w.u32(m.budget_ms);
+  writeGeometryAndBudget(w, m);
   w.u64(m.first_token);
   w.u32(static_cast<std::uint32_t>(m.blocks.size()));
   w.u32(0);
@@ -449,16 +459,11 @@ Result<HandoffOfferMessage> decodeHandoffOffer(std::span<const std::byte> messag
   Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
   HandoffOfferMessage m;
   m.request_id = header.request_id;
-  DP_TRY_ASSIGN(std::uint64_t layers, r.le(4, "layers"));
-  DP_TRY_ASSIGN(std::uint64_t tokens, r.le(4, "block tokens"));
-  DP_TRY_ASSIGN(std::uint64_t kv_bytes, r.le(4, "kv bytes per token per layer"));
-  DP_TRY_ASSIGN(std::uint64_t budget, r.le(4, "budget ms"));
+  DP_TRY(readGeometryAndBudget(r, kKind, m));
+  const std::uint64_t tokens = m.block_tokens;
   DP_TRY_ASSIGN(m.first_token, r.le(8, "first token"));
   DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
   DP_TRY_ASSIGN(std::uint64_t reserved, r.le(4, "reserved"));
-  if (layers == 0) return fieldError(kKind, "layers", "0");
-  if (tokens == 0) return fieldError(kKind, "block tokens", "0");
-  if (kv_bytes == 0) return fieldError(kKind, "kv bytes per token per layer", "0");
   if (reserved != 0)
     return fieldError(kKind, "reserved", fmt::format("{:#x}, expected 0", reserved));
   if (m.first_token % tokens != 0) {
@@ -466,10 +471,6 @@ Result<HandoffOfferMessage> decodeHandoffOffer(std::span<const std::byte> messag
                       fmt::format("{} is not a multiple of {} block tokens", m.first_token, tokens));
   }
   DP_TRY_ASSIGN(std::size_t n, readBlockCount(r, count, kHandoffOfferBlockBytes, kKind));
-  m.layers = static_cast<std::uint32_t>(layers);
-  m.block_tokens = static_cast<std::uint32_t>(tokens);
-  m.kv_bytes_per_token_per_layer = static_cast<std::uint32_t>(kv_bytes);
-  m.budget_ms = static_cast<std::uint32_t>(budget);
   m.blocks.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
     HandoffOfferBlock& b = m.blocks[i];
