@@ -34,6 +34,12 @@ Status BlockStore::submit(ReadBatch& batch) {
                       read.id.toHex(), read.destination.size(), model_.name, full_block));
     }
   }
+  if (doBusy()) {
+    return Status(StatusCode::invalid_usage,
+                  fmt::format("submit: the store's engine has another batch in flight (it takes "
+                              "one at a time); submit block {}'s batch once that one ended",
+                              batch.reads_.front().id.toHex()));
+  }
   for (BlockRead& read : batch.reads_) read.status = Status(StatusCode::again, "pending");
   batch.storage_done_ = false;
   batch.awaiting_delivery_.assign(batch.reads_.size(), false);

@@ -72,7 +72,7 @@ struct RelayServer::State {
     bool relaying = false;  // the front relay: the PE region is imported
     bool cancelled = false;
     std::vector<BufferLease> leases;
-    std::vector<ReadBatch> batches;  // per block: its read, into leases[b]
+    ReadBatch batch;                 // read b into leases[b]
     std::vector<Read> reads;         // per block
     std::size_t reads_pending = 0;
     std::size_t next_reported = 0;  // block_failed notices go out in block order
@@ -129,9 +129,7 @@ struct RelayServer::State {
   // The destinations of a batch in flight belong to the store: a deadline
   // already past ends whatever is pending at once, so the leases may go.
   void endReads(Relay& r) {
-    for (ReadBatch& batch : r.batches) {
-      if (batch.inFlight()) (void)store.wait(batch, Deadline{});
-    }
+    if (r.batch.inFlight()) (void)store.wait(r.batch, Deadline{});
   }
 
   void sendDone(std::uint64_t request_id, Status status, std::uint32_t layers,
@@ -281,7 +279,6 @@ struct RelayServer::State {
       r.leases.push_back(std::move(lease).value());
     }
     r.phase = Phase::admitted;
-    r.batches = std::vector<ReadBatch>(n);
     r.reads.assign(n, Read::pending);
     r.runs_posted.assign(n, 0);
     r.run_blocks.assign(runs(), 0);
@@ -290,15 +287,14 @@ struct RelayServer::State {
     // relay of this server is still being served while these reads start.
     ++counters.read_batches;
     if (index > 0) ++counters.read_batches_overlapped;
-    for (std::size_t i = 0; i < n; ++i) {
-      r.batches[i].add(r.message.blocks[i].id, r.leases[i].bytes().first(model.fullBlockBytes()));
-      if (Status submitted = store.submit(r.batches[i]); !submitted.isOk()) {
-        endRelay(index, std::move(submitted).withContext(fmt::format(
-                            "{}: reading block {}", where(id), r.message.blocks[i].id.toHex())));
-        return Admit::ended;
-      }
-      ++r.reads_pending;
+    for (std::size_t i = 0; i < n; ++i)
+      r.batch.add(r.message.blocks[i].id, r.leases[i].bytes().first(model.fullBlockBytes()));
+    if (Status submitted = store.submit(r.batch); !submitted.isOk()) {
+      endRelay(index, std::move(submitted).withContext(
+                          fmt::format("{}: reading its {} blocks", where(id), n)));
+      return Admit::ended;
     }
+    r.reads_pending = n;
     return Admit::admitted;
   }
 
@@ -310,27 +306,17 @@ struct RelayServer::State {
     Relay& r = *queue[index];
     const std::uint64_t id = r.message.request_id;
     const bool spent = Clock::now() >= r.deadline;
-    for (std::size_t b = 0; b < r.batches.size() && r.reads_pending > 0; ++b) {
-      ReadBatch& batch = r.batches[b];
-      if (!batch.inFlight()) continue;
+    if (r.batch.inFlight()) {
       Status broken = Status::ok();
-      bool complete = false;
       if (spent) {
         // The budget is spent: its deadline is past, so this returns at
-        // once, ending the read as timeout if it is still pending.
-        broken = store.wait(batch, r.deadline);
-        complete = broken.isOk();
-      } else {
-        Result<bool> polled = store.poll(batch);
-        if (polled) {
-          complete = *polled;
-        } else {
-          broken = std::move(polled).status();
-        }
+        // once, ending the reads still pending as timeout.
+        broken = store.wait(r.batch, r.deadline);
+      } else if (Result<bool> polled = store.poll(r.batch); !polled) {
+        broken = std::move(polled).status();
       }
       if (!broken.isOk()) {
-        Status why = std::move(broken).withContext(
-            fmt::format("{}: reading block {}", where(id), r.message.blocks[b].id.toHex()));
+        Status why = std::move(broken).withContext(fmt::format("{}: reading its blocks", where(id)));
         if (r.relaying) {
           stopEarly(r, std::move(why));  // its puts in flight end first
           return true;
@@ -338,19 +324,26 @@ struct RelayServer::State {
         endRelay(index, std::move(why));
         return false;
       }
-      if (!complete) continue;
-      --r.reads_pending;
-      if (batch.reads()[0].status.isOk()) {
-        r.reads[b] = Read::ok;
-        ++r.good;
-      } else {
-        r.reads[b] = Read::failed;
+      // A read whose status left `pending` has its final outcome and the
+      // store no longer writes its destination (block_store.h), so its
+      // block may be put before the rest of the batch is read.
+      for (std::size_t b = 0; b < r.reads.size(); ++b) {
+        if (r.reads[b] != Read::pending) continue;
+        const Status& status = r.batch.reads()[b].status;
+        if (status.code() == StatusCode::again) continue;
+        --r.reads_pending;
+        if (status.isOk()) {
+          r.reads[b] = Read::ok;
+          ++r.good;
+        } else {
+          r.reads[b] = Read::failed;
+        }
       }
     }
     while (r.next_reported < r.reads.size() && r.reads[r.next_reported] != Read::pending) {
       const std::size_t b = r.next_reported++;
       if (r.reads[b] != Read::failed) continue;
-      const BlockRead& read = r.batches[b].reads()[0];
+      const BlockRead& read = r.batch.reads()[b];
       ++r.blocks_failed;
       ++counters.blocks_failed;
       std::vector<std::byte> bytes;
@@ -484,13 +477,18 @@ struct RelayServer::State {
     // Reads first, so that a relay's storage reads are under way while the
     // front relay's puts are on the wire. Relays get their DE buffer slots
     // in arrival order: the first that cannot get them stops the others.
+    // A store has one read batch in flight at a time (block_store.h), so a
+    // relay's reads start once the previous relay's reads are done.
+    bool reading = false;
     for (std::size_t i = 0; i < queue.size();) {
       if (queue[i]->phase == Phase::queued) {
+        if (reading) break;
         const Admit admitted = admit(i);
         if (admitted == Admit::waiting) break;
         if (admitted == Admit::ended) continue;  // erased: `i` is the next one
       }
-      if (queue[i]->reads_pending > 0 && !reap(i)) continue;
+      if (queue[i]->batch.inFlight() && !reap(i)) continue;
+      reading = reading || queue[i]->batch.inFlight();
       // A relay read and waiting for its turn whose budget ran out gives
       // its buffers back now rather than when it reaches the front.
       if (i > 0 && queue[i]->reads_pending == 0 && Clock::now() >= queue[i]->deadline) {

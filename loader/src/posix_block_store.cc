@@ -444,4 +444,8 @@ Result<bool> PosixBlockStore::doPoll(std::span<BlockRead> reads) {
   return impl_->reader_->poll(reads);
 }
 
+bool PosixBlockStore::doBusy() const {
+  return impl_->reader_->busy();
+}
+
 }  // namespace dualpath::loader

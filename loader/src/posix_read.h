@@ -130,6 +130,8 @@ class Reader {
   virtual Status submit(std::span<BlockRead> reads) = 0;
   virtual Status wait(std::span<BlockRead> reads, Deadline deadline) = 0;
   virtual Result<bool> poll(std::span<BlockRead> reads) = 0;
+  // A batch's reads are still in the engine: it cannot take another.
+  virtual bool busy() const noexcept { return false; }
 };
 
 std::unique_ptr<Reader> makePreadReader(BlockFiles& files);

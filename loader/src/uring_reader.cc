@@ -200,6 +200,9 @@ class UringReader final : public Reader {
     return Status::ok();
   }
 
+  // Slots and the refill cursor belong to one batch.
+  bool busy() const noexcept override { return pending_ > 0; }
+
   Result<bool> poll(std::span<BlockRead> reads) override {
     if (pending_ == 0) return true;
     submitQueued();

@@ -26,12 +26,14 @@
 #include <dualpath/loader/block_format.h>
 #include <dualpath/loader/kv_relay.h>
 #include <dualpath/loader/memory_block_store.h>
+#include <dualpath/loader/posix_block_store.h>
 #include <dualpath/loader/storage_limiter.h>
 #include <dualpath/scheduler/cost_model.h>
 
 #include "kv_relay_peer.h"
 #include "log_capture.h"
 #include "relay_protocol.h"
+#include "store_test_support.h"
 #include "transport_test_util.h"
 
 extern char** environ;
@@ -574,6 +576,77 @@ TEST(KvRelay, TheDeReadsTheNextRelayWhileTheFirstIsServedAndRelaysThemInOrder) {
   EXPECT_EQ(counters.read_batches_overlapped, 1u);
   EXPECT_EQ(counters.relays_done, 2u);
   EXPECT_EQ(h.de_pool_->available(), 4u);
+}
+
+// The DE's store in production is a directory read through io_uring, whose
+// engine has one batch in flight at a time. Relays arriving back to back,
+// each read while the one before it is put, must all land: the server starts
+// a relay's reads only once the previous relay's batch ended.
+TEST(KvRelay, ADeOnAnIoUringDirectoryServesRelaysBackToBack) {
+  const ModelSpec model = tinyModel();
+  qos::Policy policy = examplePolicy("ethernet-testbed.toml");
+  const auto kv = static_cast<std::uint8_t>(policy.indexOf(*policy.findClass("kv")));
+  auto pe_engine = loopbackEngine(policy, 30'000);
+  auto de_engine = loopbackEngine(policy, 30'000);
+  ASSERT_TRUE(pe_engine && de_engine);
+  EndpointPair pair = connectPair(*pe_engine, *de_engine, kv);
+  ASSERT_TRUE(pair.client && pair.server);
+
+  testing::ScratchDir scratch;
+  PosixBlockStoreOptions options;
+  options.io_engine = IoEngine::io_uring;
+  options.fsync = FsyncPolicy::none;
+  options.queue_depth = 2;  // a relay's reads take several rounds of the ring
+  auto store = PosixBlockStore::open(scratch.path(), model, options);
+  ASSERT_TRUE(store.hasValue()) << store.status().toString();
+  constexpr std::size_t kRelays = 4, kBlocksPerRelay = 6, kBlocks = kRelays * kBlocksPerRelay;
+  for (std::size_t i = 0; i < kBlocks; ++i)
+    ASSERT_TRUE((*store)->write(idOf(i), testing::payloadFor(idOf(i), model.fullBlockBytes())).isOk());
+  auto de_pool = BufferPool::create(
+      {.name = "de-buffer", .slot_bytes = model.fullBlockBytes(), .slots = kBlocks});
+  auto pe_pool = BufferPool::create(
+      {.name = "pe-buffer", .slot_bytes = model.fullBlockBytes(), .slots = kBlocks});
+  ASSERT_TRUE(de_pool && pe_pool);
+  auto server = RelayServer::create(std::move(pair.server), **store, **de_pool, model);
+  auto client = RelayClient::create(std::move(pair.client), **pe_pool, model);
+  ASSERT_TRUE(server.hasValue()) << server.status().toString();
+  ASSERT_TRUE(client.hasValue()) << client.status().toString();
+
+  std::vector<BufferLease> leases;
+  for (std::uint64_t relay = 0; relay < kRelays; ++relay) {
+    RelayRequest request{.request_id = relay + 1,
+                         .blocks = {},
+                         .slot_offsets = {},
+                         .deadline = Clock::now() + std::chrono::seconds(20)};
+    for (std::size_t b = 0; b < kBlocksPerRelay; ++b) {
+      request.blocks.push_back(idOf(relay * kBlocksPerRelay + b));
+      leases.push_back(std::move((*pe_pool)->acquire()).value());
+      request.slot_offsets.push_back(leases.back().offset());
+    }
+    ASSERT_TRUE((*client)->startRelay(std::move(request)).isOk());
+  }
+  std::vector<RelayEvent> events;
+  std::size_t finished = 0;
+  ASSERT_TRUE(pollUntil([&] {
+    EXPECT_TRUE((*server)->poll().isOk());
+    events.clear();
+    EXPECT_TRUE((*client)->poll(events).isOk());
+    for (const RelayEvent& e : events) {
+      EXPECT_NE(e.kind, RelayEventKind::block_failed) << e.status.toString();
+      if (e.kind != RelayEventKind::finished) continue;
+      EXPECT_TRUE(e.status.isOk()) << "relay " << e.request_id << ": " << e.status.toString();
+      ++finished;
+    }
+    return finished == kRelays;
+  }));
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    EXPECT_EQ(testing::payloadFor(idOf(i), model.fullBlockBytes()),
+              std::vector<std::byte>(leases[i].bytes().begin(),
+                                     leases[i].bytes().begin() + model.fullBlockBytes()))
+        << "block " << i;
+  }
+  EXPECT_EQ((*server)->counters().relays_done, kRelays);
+  EXPECT_EQ((*store)->counters().reads_ok, kBlocks);
 }
 
 TEST(KvRelay, ABlockIsPutAsSoonAsItIsReadButNoLayerIsAnnouncedBeforeEveryRead) {

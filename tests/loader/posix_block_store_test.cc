@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -581,6 +582,55 @@ TEST(PosixBlockStoreTest, PollingRefillsTheIoUringQueue) {
         << i;
   }
   EXPECT_EQ(store->counters().reads_ok, kBlocks);
+}
+
+TEST(PosixBlockStoreTest, TheIoUringEngineTakesOneBatchAtATimeAndSaysSo) {
+  ScratchDir scratch;
+  const ModelSpec model = preset("tiny");
+  PosixBlockStoreOptions options;
+  options.io_engine = IoEngine::io_uring;
+  options.fsync = FsyncPolicy::none;
+  options.queue_depth = 2;
+  auto store = openStore(scratch.path(), model, options);
+  ASSERT_NE(store, nullptr);
+  constexpr std::size_t kBlocks = 8;
+  AlignedBuffers buffers(2 * kBlocks, model.fullBlockBytes());
+  ReadBatch first, second;
+  for (std::size_t i = 0; i < 2 * kBlocks; ++i) {
+    const BlockId id{.hi = 0xba7c, .lo = i};
+    ASSERT_TRUE(store->write(id, payloadFor(id, model.fullBlockBytes())).isOk());
+    (i < kBlocks ? first : second).add(id, buffers[i]);
+  }
+  ASSERT_TRUE(store->submit(first).isOk());
+  const Status refused = store->submit(second);
+  EXPECT_EQ(refused.code(), StatusCode::invalid_usage);
+  EXPECT_THAT(refused.message(),
+              ::testing::HasSubstr("another batch in flight (it takes one at a time)"));
+  EXPECT_THAT(refused.message(), ::testing::HasSubstr(second.reads()[0].id.toHex()));
+  EXPECT_FALSE(second.inFlight()) << "a refused batch is not started";
+
+  // Polling: a read whose status left `pending` is final before the batch ends.
+  std::size_t final_before_the_end = 0;
+  bool done = false;
+  const Deadline give_up = later();
+  while (!done && Clock::now() < give_up) {
+    Result<bool> polled = store->poll(first);
+    ASSERT_TRUE(polled.hasValue()) << polled.status().toString();
+    done = *polled;
+    if (done) break;
+    for (const BlockRead& read : first.reads()) {
+      if (read.status.code() == StatusCode::again) continue;
+      ASSERT_TRUE(read.status.isOk()) << read.status.toString();
+      EXPECT_EQ(payloadFor(read.id, model.fullBlockBytes()),
+                std::vector<std::byte>(read.destination.begin(), read.destination.end()));
+      ++final_before_the_end;
+    }
+  }
+  ASSERT_TRUE(done);
+  EXPECT_GT(final_before_the_end, 0u) << "2 in flight of 8: some finish before the batch";
+  ASSERT_TRUE(store->read(second, later()).isOk());
+  EXPECT_EQ(second.failures(), 0u);
+  EXPECT_EQ(store->counters().reads_ok, 2 * kBlocks);
 }
 
 }  // namespace

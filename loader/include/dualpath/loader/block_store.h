@@ -33,7 +33,9 @@
 // Threading: a store is driven by one thread at a time (the loader's I/O
 // thread); calls from several threads need external locking. The destination
 // buffers belong to the store from submit() until wait() returns or poll()
-// returns true.
+// returns true, except that a read whose status poll() left other than
+// `again` (pending) has its final outcome: the store no longer writes its
+// destination, so a caller may use that block before the batch ends.
 #pragma once
 
 #include <chrono>
@@ -110,7 +112,12 @@ class BlockStore {
   const ModelSpec& model() const noexcept { return model_; }
 
   // Starts every read of `batch`. invalid_usage when the batch is in flight,
-  // empty, or a destination is not exactly one Full Block (naming the block).
+  // empty, or a destination is not exactly one Full Block (naming the block),
+  // and when the store's engine cannot take another batch yet: the POSIX
+  // store's io_uring engine has one batch in flight at a time, so a caller
+  // with several (a relay server, loaders sharing a store) submits the next
+  // once the previous one's wait() returned or poll() returned true. Nothing
+  // is started then and the batch is not in flight.
   Status submit(ReadBatch& batch);
 
   // Blocks until every read of `batch` has its outcome or `deadline` passes;
@@ -167,6 +174,8 @@ class BlockStore {
   // after it returned true. An error means the engine broke; the batch stays
   // in flight and wait() ends it.
   virtual Result<bool> doPoll(std::span<BlockRead> reads) = 0;
+  // The engine still works on a batch's reads and cannot start another.
+  virtual bool doBusy() const { return false; }
 
  private:
   void holdBackForEmulatedNic(std::span<BlockRead> reads, Deadline deadline) const;

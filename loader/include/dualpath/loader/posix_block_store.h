@@ -119,6 +119,7 @@ class PosixBlockStore final : public BlockStore {
   Status doSubmit(std::span<BlockRead> reads) override;
   Status doWait(std::span<BlockRead> reads, Deadline deadline) override;
   Result<bool> doPoll(std::span<BlockRead> reads) override;
+  bool doBusy() const override;
 
   std::unique_ptr<Impl> impl_;
 };
