@@ -71,6 +71,7 @@
 #include <dualpath/scheduler/scheduler.h>
 #include <dualpath/transport/transport.h>
 
+#include "agentic_trace.h"
 #include "load_bench.h"
 
 namespace {
@@ -116,84 +117,20 @@ void must(const Status& s, std::string_view what) {
 
 // ---- the trace ------------------------------------------------------------
 
-struct TraceRequest {
-  std::uint64_t id = 0;
-  std::uint32_t session = 0;
-  std::uint32_t turn = 0;
-  std::uint64_t tokens = 0;         // context after this turn's new tokens
-  std::uint64_t cached_tokens = 0;  // previous turn's context, whole blocks
-  std::vector<BlockId> blocks;      // the cached prefix's blocks
-};
-
-struct Trace {
-  std::vector<TraceRequest> requests;  // turn-major: turn 0 of every session, then turn 1, ...
-  std::map<BlockId, std::uint64_t> checksums;  // every stored block -> payload checksum
-  std::uint64_t tokens = 0, cached_tokens = 0, block_reads = 0;
-  std::size_t max_blocks = 0;
-};
-
-// Deterministic payload of a block: xorshift seeded from the id and --seed.
-void fillPayload(const BlockId& id, std::uint64_t seed, std::span<std::byte> out) {
-  std::uint64_t x = (id.hi ^ (id.lo * 0x9e3779b97f4a7c15ULL) ^ seed) | 1;
-  std::size_t i = 0;
-  for (; i + 8 <= out.size(); i += 8) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    std::memcpy(out.data() + i, &x, 8);
-  }
-  for (; i < out.size(); ++i) out[i] = static_cast<std::byte>(i);
-}
+using bench::AgenticTrace;
+using bench::TraceRequest;
+using Trace = AgenticTrace;
 
 Trace makeTrace(const Args& a, const ModelSpec& model) {
-  std::mt19937_64 rng(a.seed);
-  auto uniform = [&](std::uint64_t lo, std::uint64_t hi) {
-    return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
-  };
-  const std::uint64_t bt = model.block_tokens;
-  struct Session {
-    std::vector<TokenId> tokens;  // the whole conversation, drawn up front
-    std::vector<std::uint64_t> request_tokens, cached_tokens;
-    std::vector<BlockId> ids;
-  };
-  std::vector<Session> sessions(a.sessions);
-  for (Session& s : sessions) {
-    // Context already in storage before turn 0 (an agent's earlier history).
-    std::uint64_t context =
-        uniform(a.initial_blocks_min, a.initial_blocks_max) * bt + uniform(0, bt - 1);
-    for (std::uint32_t t = 0; t < a.turns; ++t) {
-      const std::uint64_t cached = context / bt * bt;
-      const std::uint64_t request = context + uniform(a.new_tokens_min, a.new_tokens_max);
-      s.request_tokens.push_back(request);
-      s.cached_tokens.push_back(cached);
-      context =
-          request + uniform(a.new_tokens_min, a.new_tokens_max);  // the reply joins the context
-    }
-    s.tokens.resize(context);
-    for (TokenId& tok : s.tokens) tok = static_cast<TokenId>(uniform(0, 150'000));
-    s.ids = blockIds(s.tokens, model.block_tokens);
-  }
-  Trace trace;
-  for (std::uint32_t t = 0; t < a.turns; ++t) {
-    for (std::uint32_t si = 0; si < a.sessions; ++si) {
-      const Session& s = sessions[si];
-      TraceRequest r{.id = trace.requests.size(),
-                     .session = si,
-                     .turn = t,
-                     .tokens = s.request_tokens[t],
-                     .cached_tokens = s.cached_tokens[t],
-                     .blocks = {}};
-      r.blocks.assign(s.ids.begin(),
-                      s.ids.begin() + static_cast<std::ptrdiff_t>(r.cached_tokens / bt));
-      for (const BlockId& id : r.blocks) trace.checksums.emplace(id, 0);
-      trace.tokens += r.tokens;
-      trace.cached_tokens += r.cached_tokens;
-      trace.block_reads += r.blocks.size();
-      trace.max_blocks = std::max(trace.max_blocks, r.blocks.size());
-      trace.requests.push_back(std::move(r));
-    }
-  }
-  return trace;
+  return must(bench::makeAgenticTrace({.sessions = a.sessions,
+                                       .turns = a.turns,
+                                       .initial_blocks_min = a.initial_blocks_min,
+                                       .initial_blocks_max = a.initial_blocks_max,
+                                       .new_tokens_min = a.new_tokens_min,
+                                       .new_tokens_max = a.new_tokens_max,
+                                       .seed = a.seed},
+                                      model),
+              "trace");
 }
 
 // ---- the two nodes ----------------------------------------------------------
@@ -777,7 +714,7 @@ int run(const Args& a) {
   {
     std::vector<std::byte> payload(model.fullBlockBytes());
     for (auto& [id, checksum] : trace.checksums) {
-      fillPayload(id, a.seed, payload);
+      bench::fillBlockPayload(id, a.seed, payload);
       checksum = payloadChecksum(payload);
       for (PeEngine& p : pes) must(p.store->write(id, payload), "write PE store");
       for (DeEngine& d : des) must(d.store->write(id, payload), "write DE store");
