@@ -1,0 +1,93 @@
+// The miniature PD cluster: a prefill node and a decode node as two
+// processes on one machine, sharing a storage directory, replaying an
+// agentic trace with the real loader, scheduler and transport.
+//
+//   launcher (this process)      writes the sessions' history into the storage
+//                                directory, forks the nodes, gathers their reports
+//   PE node (process)            the global scheduler; K prefill engines, each a
+//                                PrefillLoader over both read paths, a host
+//                                layerwise copy engine, emulated layerwise prefill
+//                                compute, and a HandoffSender for the miss-token KV
+//   DE node (process)            K RelayServers (the DE read path) and K
+//                                HandoffReceivers (write-back of new blocks), and
+//                                K decode engines with emulated decode steps
+//
+// A session's next turn is scheduled only once its previous turn's decode has
+// finished and every block it filled is written back, so each turn reads what
+// the cluster itself stored. Every load's device bytes are checked against
+// the synthetic KV of its blocks (bench/workload/agentic_trace.h).
+//
+// Emulated (and labelled so in every report): the storage NICs (a token
+// bucket per node on storage reads), the GPUs' compute (prefill time from the
+// model's FLOPs, decode as fixed-time steps), and device memory (host memory).
+// Real: the storage directory and its files, the KV relay and the handoff
+// (UCX through the transport, class `kv`), the processes and the scheduler.
+//
+// Threading: runPdCluster forks; call it before this process starts threads
+// or loads UCX. It blocks until both nodes end (bounded by `timeout`).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <dualpath/common/status.h>
+
+#include "agentic_trace.h"
+
+namespace dualpath::samples {
+
+enum class LoadMode : std::uint8_t {
+  basic,     // PE path only (the scheduler's pe-only policy)
+  dualpath,  // both read paths (shorter-queue)
+  oracle,    // no KV I/O at all: the prefix is assumed in device memory
+};
+std::string_view loadModeName(LoadMode mode) noexcept;
+
+struct PdClusterOptions {
+  std::string model = "deepseek-v3.2";
+  std::uint32_t engines = 2;  // prefill engines on the PE node, decode engines on the DE node
+  bench::AgenticTraceShape trace{.sessions = 8,
+                                 .turns = 4,
+                                 .initial_blocks_min = 16,
+                                 .initial_blocks_max = 32,
+                                 .new_tokens_min = 16,
+                                 .new_tokens_max = 64,
+                                 .seed = 1};
+  double snic_mbps = 200;       // each node's emulated storage NIC, MB/s (10^6 B/s)
+  double gpu_tflops = 400;      // one emulated GPU's achieved prefill FLOP/s, in 10^12
+  double tpot_ms = 2;           // one emulated decode step (every running request gains a token)
+  std::uint32_t relay_put_kib = 1024;  // RelayServerOptions::max_put_bytes
+  std::string storage_dir;      // required: a directory this run owns (emptied first)
+  std::chrono::seconds request_timeout{60};  // each load's and handoff's deadline
+  std::chrono::seconds timeout{300};         // the whole mode, both nodes
+};
+
+struct PdClusterReport {
+  LoadMode mode = LoadMode::basic;
+  double seconds = 0;  // first request scheduled to the last decode finished
+  std::uint64_t requests = 0, prefill_tokens = 0, cached_tokens = 0, generated_tokens = 0;
+  std::uint64_t pe_snic_bytes = 0, de_snic_bytes = 0;  // storage reads per node
+  std::uint64_t blocks_pe_path = 0, blocks_de_path = 0, blocks_fallback = 0;
+  std::uint64_t relay_bytes = 0, handoff_bytes = 0;
+  std::uint64_t blocks_written_after_prefill = 0, blocks_written_after_decode = 0;
+  std::uint64_t loads_verified = 0;  // loads whose device bytes matched their blocks
+  double snic_bytes_per_s = 0;       // the emulated rate of each node
+  std::string snic_description;      // "emulated storage NIC (...)"
+  nlohmann::json toJson() const;
+};
+
+// Progress: requests finished so far, of the trace's total.
+using PdClusterProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+// Runs one mode on a fresh copy of the sessions' history. invalid_argument
+// for options out of range (naming the option); a node's error, naming the
+// node, the request and the block, when anything fails or a byte differs.
+Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode mode,
+                                     const PdClusterProgress& progress = {});
+
+}  // namespace dualpath::samples
