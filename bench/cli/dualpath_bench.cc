@@ -4,6 +4,8 @@
 //                                 beside KV traffic with QoS off and on
 //   dualpath-bench load           dual-path vs PE-path-only KV loading on an agentic
 //                                 trace (the same as dualpath-load-bench)
+//   dualpath-bench demo           the README's main job: the miniature PD cluster and
+//                                 the interference case, in one report
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -19,6 +21,7 @@
 #include <dualpath/common/units.h>
 
 #include "interference.h"
+#include "demo.h"
 #include "load_bench.h"
 
 namespace {
@@ -27,6 +30,7 @@ using dualpath::Result;
 using dualpath::Status;
 using dualpath::bench::InterferenceOptions;
 using dualpath::bench::InterferenceRow;
+using dualpath::bench::NetnsReport;
 
 // nccl-tests' verdicts, per size: QoS keeps the collective's bus bandwidth,
 // and KV keeps most of what the collective leaves free.
@@ -52,14 +56,37 @@ double kvOfFree(const InterferenceRow& row, const InterferenceOptions& o) {
   return wanted > 0 ? row.qos_on.kv_gbs / wanted : 1;
 }
 
-void printTable(const std::vector<InterferenceRow>& rows, const InterferenceOptions& o) {
+// Which limits were real: the kernel's (netns) or the arbiter's emulation.
+std::string linkText(const InterferenceOptions& o) {
+  if (!o.netns) {
+    return fmt::format("an emulated {:.3g} Gbit/s NIC per rank (the arbiter's link_rate shaping; "
+                       "loopback alone is not a bottleneck)",
+                       o.link_gbps);
+  }
+  return fmt::format("veth in network namespaces, shaped by tc htb to {:.3g} Gbit/s per rank "
+                     "(real: UCX over TCP, classes by port); {}",
+                     o.link_gbps,
+                     o.netns_arbiter_shaping
+                         ? "the arbiter's link_rate also shapes to that rate"
+                         : "the arbiter's link_rate is off (it still orders the classes)");
+}
+
+std::string kernelText(const std::vector<dualpath::bench::KernelClassBytes>& classes) {
+  std::string text;
+  for (const auto& k : classes) {
+    text += fmt::format("{}{} ({}) {} B", text.empty() ? "" : ", ", k.name, k.classid, k.bytes);
+  }
+  return text;
+}
+
+void printTable(const std::vector<InterferenceRow>& rows, const InterferenceOptions& o,
+                const NetnsReport& netns) {
   std::printf(
       "# dualpath-bench interference: %d ranks (processes) through the NCCL net plugin '%s'\n"
-      "# link: an emulated %.3g Gbit/s NIC per rank (the arbiter's link_rate shaping; "
-      "loopback alone is not a bottleneck)\n"
+      "# link: %s\n"
       "# kv: %zu-byte messages to the next rank on class 'kv', offered at %.0f%% of the link\n"
       "# time in us per iteration (slowest rank), bandwidths in GB/s, kv in GB/s per rank\n#\n",
-      o.ranks, o.plugin.c_str(), o.link_gbps, o.kv_message_bytes, o.kv_load * 100);
+      o.ranks, o.plugin.c_str(), linkText(o).c_str(), o.kv_message_bytes, o.kv_load * 100);
   std::printf("# %-14s %8s %10s | %9s %7s %6s | %9s %7s %7s %6s | %9s %7s %7s %6s\n", "", "", "",
               "alone", "", "", "kv, qos", "off", "", "", "kv, qos", "on", "", "");
   std::printf("# %-14s %8s %10s | %9s %7s %6s | %9s %7s %7s %6s | %9s %7s %7s %6s\n", "op", "size",
@@ -84,9 +111,16 @@ void printTable(const std::vector<InterferenceRow>& rows, const InterferenceOpti
               "alone (%zu of %zu sizes) and KV >= %.0f%% of the bandwidth the collective leaves "
               "free (%zu of %zu sizes).\n",
               kKeptBusbw * 100, kept, rows.size(), kKvOfFree * 100, kv_ok, rows.size());
+  if (o.netns) {
+    std::printf("# kernel (tc -s class show, every node's veth, bytes sent per case): alone: %s; "
+                "kv, qos off: %s; kv, qos on: %s\n",
+                kernelText(netns.alone).c_str(), kernelText(netns.qos_off).c_str(),
+                kernelText(netns.qos_on).c_str());
+  }
 }
 
-nlohmann::json toJson(const std::vector<InterferenceRow>& rows, const InterferenceOptions& o) {
+nlohmann::json toJson(const std::vector<InterferenceRow>& rows, const InterferenceOptions& o,
+                      const NetnsReport& netns) {
   auto figures = [](const dualpath::bench::CaseFigures& f) {
     return nlohmann::json{{"time_us", f.time_us},       {"algbw_gbs", f.algbw_gbs},
                           {"busbw_gbs", f.busbw_gbs},   {"wrong", f.wrong},
@@ -94,7 +128,8 @@ nlohmann::json toJson(const std::vector<InterferenceRow>& rows, const Interferen
   };
   nlohmann::json out{{"ranks", o.ranks},
                      {"plugin", o.plugin},
-                     {"link", {{"gbit_per_s", o.link_gbps}, {"emulated", true}}},
+                     {"link", {{"gbit_per_s", o.link_gbps}, {"emulated", !o.netns},
+                               {"text", linkText(o)}}},
                      {"kv", {{"offered_fraction", o.kv_load}, {"message_bytes", o.kv_message_bytes}}},
                      {"rows", nlohmann::json::array()}};
   for (const InterferenceRow& r : rows) {
@@ -107,6 +142,23 @@ nlohmann::json toJson(const std::vector<InterferenceRow>& rows, const Interferen
                            {"qos_on_busbw_kept", ratio(r.qos_on.busbw_gbs, r.alone.busbw_gbs)},
                            {"qos_off_busbw_kept", ratio(r.qos_off.busbw_gbs, r.alone.busbw_gbs)},
                            {"qos_on_kv_of_free", kvOfFree(r, o)}});
+  }
+  if (o.netns) {
+    auto classes = [](const std::vector<dualpath::bench::KernelClassBytes>& list) {
+      nlohmann::json by_name = nlohmann::json::object();
+      for (const auto& k : list) {
+        by_name[k.name] = {{"classid", k.classid}, {"bytes", k.bytes}, {"packets", k.packets}};
+      }
+      return by_name;
+    };
+    out["netns"] = {{"cluster_id", netns.cluster_id},
+                    {"subnet", netns.subnet},
+                    {"tc_rate", netns.rate},
+                    {"arbiter_shaping", o.netns_arbiter_shaping},
+                    {"kernel_classes",
+                     {{"alone", classes(netns.alone)},
+                      {"qos_off", classes(netns.qos_off)},
+                      {"qos_on", classes(netns.qos_on)}}}};
   }
   return out;
 }
@@ -155,14 +207,26 @@ int main(int argc, char** argv) {
                            "KV message size (default: a DeepSeek-V3.2 Layer Block)");
   interference->add_option("--plugin", o.plugin, "NCCL_NET_PLUGIN's value, or a library path");
   interference->add_flag("--json", json, "one JSON document instead of the table");
+  interference->add_flag("--netns", o.netns,
+                         "each rank in its own network namespace on a veth shaped by tc htb to "
+                         "--link-gbps (root; scripts/netns-cluster.sh)");
+  interference->add_flag("--netns-arbiter", o.netns_arbiter_shaping,
+                         "with --netns, also shape with the arbiter's link_rate");
 
   dualpath::bench::LoadBenchArgs load_args;
   CLI::App* load = app.add_subcommand(
       "load", "dual-path vs PE-path-only KV loading on an agentic trace (docs/performance.md)");
   dualpath::bench::addLoadBenchOptions(*load, load_args);
 
+  dualpath::bench::DemoOptions demo_options;
+  CLI::App* demo = app.add_subcommand(
+      "demo", "the whole mission on one machine: the miniature PD cluster (basic, DualPath, "
+              "Oracle) and collectives beside KV traffic with QoS off and on");
+  dualpath::bench::addDemoOptions(*demo, demo_options);
+
   CLI11_PARSE(app, argc, argv);
   if (load->parsed()) return dualpath::bench::runLoadBench(load_args);
+  if (demo->parsed()) return dualpath::bench::runDemo(demo_options);
 
   if (interference->parsed()) {
     try {
@@ -179,16 +243,17 @@ int main(int argc, char** argv) {
       return 1;
     }
     o.work_dir = scratch;
-    Result<std::vector<InterferenceRow>> rows = dualpath::bench::runInterference(o);
+    NetnsReport netns;
+    Result<std::vector<InterferenceRow>> rows = dualpath::bench::runInterference(o, &netns);
     std::filesystem::remove_all(scratch);
     if (!rows) {
       std::fprintf(stderr, "dualpath-bench interference: %s\n", rows.status().toString().c_str());
       return rows.status().code() == dualpath::StatusCode::invalid_argument ? 2 : 1;
     }
     if (json) {
-      std::printf("%s\n", toJson(*rows, o).dump().c_str());
+      std::printf("%s\n", toJson(*rows, o, netns).dump().c_str());
     } else {
-      printTable(*rows, o);
+      printTable(*rows, o, netns);
     }
     for (const InterferenceRow& r : *rows) {
       if (r.alone.wrong + r.qos_off.wrong + r.qos_on.wrong != 0) {

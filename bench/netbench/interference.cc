@@ -14,6 +14,7 @@
 
 #include "collectives.h"
 #include "net_plugin.h"
+#include "netns.h"
 #include "rank_launcher.h"
 
 namespace dualpath::bench {
@@ -43,21 +44,33 @@ std::string_view caseName(Case c) {
   return "?";
 }
 
+// tc's rate for a link of `gbps` (kbit keeps sub-Mbit/s links exact enough).
+std::string tcRate(double gbps) {
+  return fmt::format("{}kbit", static_cast<long long>(std::llround(gbps * 1e6)));
+}
+
 // Policy text of a case: the Ethernet test bed's two classes; the arbiter
 // shapes each rank's link to the emulated NIC. QoS off: KV at high priority,
-// so the arbiter shares the link evenly between the classes.
-std::string policyText(Case c, double link_gbps) {
+// so the arbiter shares the link evenly between the classes. In netns mode
+// each class also gets its TCP port range (qos/examples/ethernet-testbed.toml's),
+// which UCX's per-class PORT_RANGE honours and the rendered tc script
+// classifies by; the kernel's HTB is then the link, and the arbiter shapes
+// only when asked to.
+std::string policyText(Case c, const InterferenceOptions& o) {
+  const bool arbiter_shapes = !o.netns || o.netns_arbiter_shaping;
   return fmt::format(
       "# written by dualpath-bench interference, case '{}'\n"
       "format = 1\n\n"
       "[fabric]\nkind = \"ethernet\"\n\n"
       "[[class]]\nname = \"collective\"\nrole = \"collectives\"\npriority = \"high\"\n"
-      "default = true\nnccl_traffic_classes = [{}]\n\n"
+      "default = true\nnccl_traffic_classes = [{}]\n{}\n"
       "[[class]]\nname = \"kv\"\nrole = \"kv\"\npriority = \"{}\"\n"
-      "nccl_traffic_classes = [{}]\ndscp = 10\n\n"
-      "[arbiter]\nlow_share = 0.05\nlink_rate = \"{}mbit\"\n",
-      caseName(c), kCollectiveClass, c == Case::qos_off ? "high" : "low", kKvClass,
-      static_cast<long long>(std::llround(link_gbps * 1000)));
+      "nccl_traffic_classes = [{}]\ndscp = 10\n{}\n"
+      "[arbiter]\nlow_share = 0.05\n{}",
+      caseName(c), kCollectiveClass, o.netns ? "tcp_ports = \"24576-25599\"\n" : "",
+      c == Case::qos_off ? "high" : "low", kKvClass,
+      o.netns ? "tcp_ports = \"25600-26623\"\n" : "",
+      arbiter_shapes ? fmt::format("link_rate = \"{}\"\n", tcRate(o.link_gbps)) : "");
 }
 
 double bytesPerSecond(double gbps) {
@@ -330,7 +343,16 @@ std::vector<std::size_t> sizesOf(const InterferenceOptions& o) {
 
 // A rank's whole case: every op and size; its report is a JSON array.
 Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
-               const std::string& policy_path, std::string* report) {
+               const std::string& policy_path, const NetnsCluster* cluster, std::string* report) {
+  if (cluster != nullptr) {
+    // Before the plugin (and UCX in it) looks at the network: this rank's
+    // node is all it may see.
+    DP_TRY(enterNetnsNode(cluster->nodes()[static_cast<std::size_t>(bootstrap.rank())])
+               .withContext(fmt::format("rank {}", bootstrap.rank())));
+    // Shared memory between the ranks would bypass the veth links and tc
+    // (validate() refused any other UCX_TLS).
+    ::setenv("UCX_TLS", "tcp", 1);
+  }
   ::setenv("DUALPATH_QOS_POLICY", policy_path.c_str(), 1);
   DP_TRY_ASSIGN(auto plugin, NetPlugin::load(o.plugin));
   Json rows = Json::array();
@@ -412,7 +434,39 @@ Status validate(const InterferenceOptions& o) {
     }
   }
   if (o.work_dir.empty()) return bad("work_dir: empty");
+  if (o.netns_arbiter_shaping && !o.netns) return bad("--netns-arbiter: only with --netns");
+  if (o.netns) {
+    if (o.link_gbps * 1e6 < 1) return bad(fmt::format("--link-gbps {}: below tc's 1kbit", o.link_gbps));
+    // UCX_* passes through to UCX; we only refuse a value that would let the
+    // ranks talk over shared memory instead of the veth links.
+    const char* tls = std::getenv("UCX_TLS");
+    if (tls != nullptr && std::string_view(tls) != "tcp") {
+      return bad(fmt::format("--netns: UCX_TLS='{}': the ranks must talk over tcp only (shared "
+                             "memory would bypass the veth links and tc); unset it or set tcp",
+                             tls));
+    }
+  }
   return Status::ok();
+}
+
+std::string policyPath(const InterferenceOptions& o, Case c) {
+  return fmt::format("{}/interference-{}.toml", o.work_dir, static_cast<int>(c));
+}
+
+// The kernel's per-class counters of every node, summed by class.
+Result<std::vector<KernelClassBytes>> kernelBytes(const NetnsCluster& cluster) {
+  std::vector<KernelClassBytes> sums;
+  for (const NetnsNode& node : cluster.nodes()) {
+    DP_TRY_ASSIGN(std::vector<KernelClassCounters> counters, cluster.classCounters(node.index));
+    for (const KernelClassCounters& k : counters) {
+      auto it = std::find_if(sums.begin(), sums.end(),
+                             [&](const KernelClassBytes& s) { return s.name == k.name; });
+      if (it == sums.end()) it = sums.insert(sums.end(), KernelClassBytes{k.name, k.classid, 0, 0});
+      it->bytes += k.bytes;
+      it->packets += k.packets;
+    }
+  }
+  return sums;
 }
 
 }  // namespace
@@ -422,25 +476,48 @@ double busFactor(const std::string& /*op*/, int ranks) {
   return static_cast<double>(ranks - 1) / ranks;
 }
 
-Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& o) {
+Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& o,
+                                                     NetnsReport* netns_report) {
   DP_TRY(validate(o));
+  for (Case c : {Case::alone, Case::qos_off, Case::qos_on}) {
+    const std::string path = policyPath(o, c);
+    std::ofstream out(path);
+    out << policyText(c, o);
+    if (!out) {
+      return Status(StatusCode::io, fmt::format("writing the policy of case '{}' to {}",
+                                                caseName(c), path));
+    }
+  }
+  std::unique_ptr<NetnsCluster> cluster;
+  if (o.netns) {
+    NetnsOptions netns;
+    netns.script = o.netns_script.empty() ? defaultNetnsScript() : o.netns_script;
+    netns.qos_binary = o.qos_binary.empty() ? defaultQosBinary() : o.qos_binary;
+    netns.nodes = o.ranks;
+    netns.policy_path = policyPath(o, Case::alone);
+    netns.rate = tcRate(o.link_gbps);
+    Result<std::unique_ptr<NetnsCluster>> made = NetnsCluster::up(netns);
+    if (!made) return std::move(made).status().withContext("--netns");
+    cluster = std::move(*made);
+    if (netns_report != nullptr) {
+      netns_report->cluster_id = cluster->id();
+      netns_report->subnet = cluster->subnet();
+      netns_report->rate = cluster->rate();
+    }
+  }
   std::vector<InterferenceRow> rows;
   for (Case c : {Case::alone, Case::qos_off, Case::qos_on}) {
-    const std::string path =
-        fmt::format("{}/interference-{}.toml", o.work_dir, static_cast<int>(c));
-    {
-      std::ofstream out(path);
-      out << policyText(c, o.link_gbps);
-      if (!out) {
-        return Status(StatusCode::io, fmt::format("writing the policy of case '{}' to {}",
-                                                  caseName(c), path));
-      }
+    const std::string path = policyPath(o, c);
+    // Each case's own tc script (QoS off: both classes at high priority in
+    // the kernel too); `up` already applied the first.
+    if (cluster && c != Case::alone) {
+      DP_TRY(cluster->shape(path).withContext(fmt::format("--netns: case '{}'", caseName(c))));
     }
     DP_TRY_ASSIGN(std::vector<RankOutcome> outcomes,
                   runRanks(
                       o.ranks,
                       [&](Bootstrap& bootstrap, std::string* report) {
-                        return runRank(bootstrap, o, c, path, report);
+                        return runRank(bootstrap, o, c, path, cluster.get(), report);
                       },
                       o.timeout));
     std::vector<Json> reports;
@@ -478,6 +555,16 @@ Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& 
       f.kv_gbs = kv_sum / static_cast<double>(reports.size()) / 1e9;
       f.collective_gbs = collective_sum / static_cast<double>(reports.size()) / 1e9;
       (c == Case::alone ? row.alone : c == Case::qos_off ? row.qos_off : row.qos_on) = f;
+    }
+    if (cluster && netns_report != nullptr) {
+      Result<std::vector<KernelClassBytes>> bytes = kernelBytes(*cluster);
+      if (!bytes) {
+        return std::move(bytes).status().withContext(
+            fmt::format("--netns: case '{}': reading tc's counters", caseName(c)));
+      }
+      (c == Case::alone ? netns_report->alone
+                        : c == Case::qos_off ? netns_report->qos_off : netns_report->qos_on) =
+          std::move(*bytes);
     }
   }
   return rows;

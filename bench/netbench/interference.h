@@ -15,6 +15,14 @@
 // the arbiter's link_rate: each rank's egress is shaped to an emulated NIC of
 // `link_gbps`. The report says so.
 //
+// With `netns` the ranks run on a NetnsCluster (netns.h): each rank in its own
+// network namespace, UCX over TCP on its veth, whose egress the kernel shapes
+// with the tc script rendered from each case's policy (HTB at `link_gbps`,
+// classes told apart by TCP port). The kernel's link is then the real limit;
+// the arbiter's link_rate is left unset unless `netns_arbiter_shaping` (the
+// arbiter still orders the classes inside each rank). The kernel's per-class
+// counters of every case are reported, so the classification is proven.
+//
 // Threading: runInterference forks the ranks; call it before this process
 // starts threads or loads UCX.
 #pragma once
@@ -44,6 +52,11 @@ struct InterferenceOptions {
   std::string plugin = "dualpath";                // NCCL_NET_PLUGIN's value, or a path
   std::string work_dir;                           // where the cases' policies are written
   std::chrono::seconds timeout{300};
+  // --netns: ranks in network namespaces on veth links shaped by tc (root).
+  bool netns = false;
+  bool netns_arbiter_shaping = false;  // also set the arbiter's link_rate in netns mode
+  std::string netns_script;            // empty: defaultNetnsScript()
+  std::string qos_binary;              // empty: defaultQosBinary()
 };
 
 // One case at one size: the slowest rank's time per iteration.
@@ -65,9 +78,30 @@ struct InterferenceRow {
   CaseFigures qos_on;
 };
 
+// What the kernel counted in netns mode: bytes each HTB class sent, summed
+// over every node's veth egress, during each case.
+struct KernelClassBytes {
+  std::string name;     // the policy's class ("collective", "kv")
+  std::string classid;  // tc's ("1:11")
+  std::uint64_t bytes = 0;
+  std::uint64_t packets = 0;
+};
+struct NetnsReport {
+  std::string cluster_id;  // the namespaces were dpns-<id>-*
+  std::string subnet;
+  std::string rate;  // tc's rate of every node's link ("1000000kbit")
+  std::vector<KernelClassBytes> alone;
+  std::vector<KernelClassBytes> qos_off;
+  std::vector<KernelClassBytes> qos_on;
+};
+
 // invalid_argument for options out of range (naming the option); a rank's
-// error (naming the rank and case) when one fails.
-Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& options);
+// error (naming the rank and case) when one fails. With options.netns:
+// unsupported when namespaces cannot be made here (not root, no iproute2),
+// io naming the command when building them fails; `netns_report` (if given)
+// receives the kernel's counters.
+Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& options,
+                                                     NetnsReport* netns_report = nullptr);
 
 // nccl-tests' bus bandwidth factor for `op` on `ranks` ranks.
 double busFactor(const std::string& op, int ranks);
