@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <sstream>
 
 #include <endian.h>
 
@@ -285,6 +287,8 @@ Status Worker::init(const qos::Policy& policy) {
   if (ucs_status_t s = ucp_init(&params, ucp_config.get(), &context_); s != UCS_OK) {
     return fromUcs(s, what + ": ucp_init");
   }
+  const std::vector<std::string> resources = resourcesOf(context_);
+  context_has_shared_memory_ = std::any_of(resources.begin(), resources.end(), isSharedMemoryLane);
 
   ucp_worker_params_t worker_params{};
   worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
@@ -511,6 +515,11 @@ Status Worker::openDataEp(Connection& connection, std::span<const std::byte> pee
     return Status(StatusCode::invalid_argument,
                   fmt::format("peer {} sent no worker address", connection.peer));
   }
+  // Without shared memory (UCX_TLS=tcp, say) the data endpoint could only
+  // duplicate the client-server endpoint's lanes; opening it anyway starts
+  // TCP connections that closing it at once cuts under the peer, which UCX
+  // 1.13 logs as an error on the peer's side.
+  if (!context_has_shared_memory_) return Status::ok();
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
   params.address = reinterpret_cast<const ucp_address_t*>(peer_address.data());
@@ -1222,6 +1231,26 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length,
 
 std::vector<std::string> Worker::lanes(const Connection& connection) {
   return lanesOf(connection.dataEp());
+}
+
+std::vector<std::string> resourcesOf(ucp_context_h context) {
+  std::vector<std::string> result;
+  char* text = nullptr;
+  std::size_t size = 0;
+  FILE* stream = open_memstream(&text, &size);
+  if (stream == nullptr) return result;
+  ucp_context_print_info(context, stream);
+  std::fclose(stream);
+  std::istringstream lines(std::string(text, size));
+  std::free(text);
+  // Lines look like "#      resource 1  :  md 1  dev 1  flags -- tcp/lo": the last word.
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.find("resource ") == std::string::npos) continue;
+    const std::size_t start = line.find_last_of(' ');
+    if (start != std::string::npos && start + 1 < line.size()) result.push_back(line.substr(start + 1));
+  }
+  return result;
 }
 
 std::vector<std::string> lanesOf(ucp_ep_h ep) {

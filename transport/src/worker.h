@@ -37,6 +37,9 @@ struct Connection;
 // The UCX lanes of an endpoint, as "transport/device" ("tcp/lo",
 // "posix/memory"), from ucp_ep_print_info.
 std::vector<std::string> lanesOf(ucp_ep_h ep);
+// The transports a context may use, as "transport/device", from
+// ucp_context_print_info's resource lines.
+std::vector<std::string> resourcesOf(ucp_context_h context);
 bool isSharedMemoryLane(const std::string& lane);
 // True when a connection on an RDMA device got only TCP lanes.
 bool isTcpFallback(const std::vector<std::string>& lanes);
@@ -304,6 +307,7 @@ class Worker {
   std::uint64_t policy_digest_ = 0;
 
   ucp_context_h context_ = nullptr;
+  bool context_has_shared_memory_ = false;  // else no data endpoint is worth opening
   ucp_worker_h worker_ = nullptr;
   std::vector<std::byte> address_;  // ours, sent in the handshake
 
