@@ -51,6 +51,24 @@ class ProgressBar {
   bool enabled_;
 };
 
+using ClassBytes = std::vector<std::pair<std::string, std::uint64_t>>;
+
+ClassBytes byClass(const std::vector<KernelClassBytes>& classes) {
+  ClassBytes out;
+  for (const KernelClassBytes& k : classes) out.emplace_back(k.name, k.bytes);
+  return out;
+}
+
+// "kv 12.3 MB, collective 0.1 MB": what each HTB class sent.
+std::string kernelText(const ClassBytes& classes) {
+  std::string text;
+  for (const auto& [name, bytes] : classes) {
+    text += fmt::format("{}{} {:.1f} MB", text.empty() ? "" : ", ", name,
+                        static_cast<double>(bytes) / 1e6);
+  }
+  return text;
+}
+
 double ratio(double a, double b) {
   return b > 0 ? a / b : 0;
 }
@@ -65,6 +83,11 @@ void addDemoOptions(CLI::App& app, DemoOptions& o) {
   app.add_option("--snic-mbps", o.snic_mbps, "each node's emulated storage NIC, MB/s");
   app.add_option("--link-gbps", o.link_gbps, "the interference case's emulated NIC, Gbit/s");
   app.add_option("--plugin", o.plugin, "NCCL_NET_PLUGIN's value, or a library path");
+  app.add_flag("--netns", o.netns,
+               "both parts over network namespaces on veth links shaped by tc (root; "
+               "scripts/netns-cluster.sh)");
+  app.add_option("--compute-gbps", o.compute_gbps,
+                 "with --netns, each cluster node's compute link, Gbit/s");
   app.add_flag("--json", o.json, "one JSON document instead of the report");
   app.add_flag("!--no-progress", o.progress, "no progress bar");
 }
@@ -97,6 +120,19 @@ int runDemo(const DemoOptions& o) {
   cluster.trace.turns = o.turns;
   cluster.snic_mbps = o.snic_mbps;
   cluster.storage_dir = std::string(scratch) + "/storage";
+  samples::PdClusterNetwork network;
+  if (o.netns) {
+    bar.step("network namespaces and tc for the cluster");
+    auto made = samples::makePdClusterNetwork(scratch, o.compute_gbps);
+    if (!made) {
+      bar.clear();
+      fmt::print(stderr, "dualpath-bench demo: --netns: {}\n", made.status().toString());
+      return made.status().code() == StatusCode::invalid_argument ? 2 : 1;
+    }
+    network = std::move(made).value();
+    cluster.network = network.cluster.get();
+    cluster.policy_path = network.policy_path;
+  }
   std::vector<PdClusterReport> modes;
   for (LoadMode mode : {LoadMode::basic, LoadMode::dualpath, LoadMode::oracle}) {
     const std::string step = fmt::format("PD cluster, {} loading", samples::loadModeName(mode));
@@ -120,8 +156,10 @@ int runDemo(const DemoOptions& o) {
   io.link_gbps = o.link_gbps;
   io.plugin = o.plugin;
   io.work_dir = scratch;
+  io.netns = o.netns;
+  NetnsReport netns_report;
   bar.step("collectives beside KV traffic: alone, QoS off, QoS on");
-  auto rows = runInterference(io);
+  auto rows = runInterference(io, &netns_report);
   bar.clear();
   if (!rows) {
     fmt::print(stderr, "dualpath-bench demo: interference: {}\n", rows.status().toString());
@@ -145,12 +183,17 @@ int runDemo(const DemoOptions& o) {
                        {"interference",
                         {{"op", row.op},
                          {"bytes", row.bytes},
-                         {"link", {{"gbit_per_s", io.link_gbps}, {"emulated", true}}},
+                         {"link", {{"gbit_per_s", io.link_gbps}, {"emulated", !io.netns}}},
                          {"busbw_gbs",
                           {{"alone", row.alone.busbw_gbs},
                            {"qos_off", row.qos_off.busbw_gbs},
                            {"qos_on", row.qos_on.busbw_gbs}}},
                          {"kv_gbs", {{"qos_off", row.qos_off.kv_gbs}, {"qos_on", row.qos_on.kv_gbs}}}}}};
+    if (o.netns) {
+      nlohmann::json kernel = nlohmann::json::object();
+      for (const auto& [name, bytes] : byClass(netns_report.qos_on)) kernel[name] = bytes;
+      doc["interference"]["kernel_class_bytes_qos_on"] = kernel;
+    }
     for (const PdClusterReport& m : modes) doc["pd_cluster"].push_back(m.toJson());
     fmt::print("{}\n", doc.dump());
     return 0;
@@ -165,11 +208,10 @@ int runDemo(const DemoOptions& o) {
       "   replaying {} agent sessions x {} turns of {} (hit rate {:.1f}%) over shared storage.\n"
       "   Storage: one directory, read through an {} per node. GPUs: emulated from the model's "
       "FLOPs.\n"
-      "   KV relay and write-back: UCX over tcp on loopback, class kv. Every load checked byte "
-      "for byte.\n\n",
+      "   KV relay and write-back: {}, class kv. Every load checked byte for byte.\n\n",
       cluster.engines, o.sessions, o.turns, o.model,
       100 * ratio(static_cast<double>(basic.cached_tokens), static_cast<double>(basic.prefill_tokens)),
-      basic.snic_description);
+      basic.snic_description, basic.network_description);
   fmt::print("   {:<10} {:>9} {:>10} {:>16} {:>16} {:>14}\n", "loading", "time (s)", "tokens/s",
              "PE storage NIC", "DE storage NIC", "blocks via DE");
   for (const PdClusterReport& m : modes) {
@@ -181,15 +223,21 @@ int runDemo(const DemoOptions& o) {
   fmt::print(
       "\n   DualPath / basic: {:.2f}x the throughput (the paper: 1.87x offline; ideal here 2x, "
       "Oracle bounds it at {:.1f}x).\n"
-      "   Written back after prefill and decode: {} blocks, then read by later turns.\n\n",
+      "   Written back after prefill and decode: {} blocks, then read by later turns.\n",
       ratio(basic.seconds, dual.seconds), ratio(basic.seconds, oracle.seconds),
       dual.blocks_written_after_prefill + dual.blocks_written_after_decode);
+  if (o.netns) {
+    fmt::print("   The kernel's count on both veths (tc -s class show), dualpath mode: {}.\n",
+               kernelText(dual.kernel_class_bytes));
+  }
+  fmt::print("\n");
   fmt::print(
       "2. KV traffic beside the model's collectives: 2 ranks (processes) through the NCCL net "
       "plugin,\n"
-      "   an AllToAll of {} MiB on an emulated {:.3g} Gbit/s NIC, KV offered at {:.0f}% of the "
-      "link.\n\n",
-      row.bytes >> 20, io.link_gbps, io.kv_load * 100);
+      "   an AllToAll of {} MiB on {} {:.3g} Gbit/s, KV offered at {:.0f}% of the link.\n\n",
+      row.bytes >> 20,
+      io.netns ? "veth links in network namespaces, shaped by tc htb to" : "an emulated NIC of",
+      io.link_gbps, io.kv_load * 100);
   fmt::print("   {:<22} {:>12} {:>12} {:>10}\n", "case", "busbw GB/s", "of alone", "KV GB/s");
   fmt::print("   {:<22} {:>12.3f} {:>11.0f}% {:>10}\n", "collective alone", row.alone.busbw_gbs,
              100.0, "-");
@@ -198,9 +246,13 @@ int runDemo(const DemoOptions& o) {
   fmt::print("   {:<22} {:>12.3f} {:>11.0f}% {:>10.3f}\n", "with KV, QoS on", row.qos_on.busbw_gbs,
              100 * ratio(row.qos_on.busbw_gbs, row.alone.busbw_gbs), row.qos_on.kv_gbs);
   fmt::print(
+      "{}"
       "\n   With QoS on, KV rides the low-priority class: the collective keeps its bandwidth and "
       "KV\n   takes what is left. Details: docs/bench.md; more: dualpath-bench interference, "
-      "dualpath-bench load.\n");
+      "dualpath-bench load.\n",
+      o.netns ? fmt::format("   The kernel's count on both veths, QoS on: {}.\n",
+                            kernelText(byClass(netns_report.qos_on)))
+              : "");
   return 0;
 }
 

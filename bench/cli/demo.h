@@ -23,6 +23,11 @@ struct DemoOptions {
   double snic_mbps = 200;   // each node's emulated storage NIC
   double link_gbps = 1.0;   // the interference case's emulated NIC
   std::string plugin = "dualpath";
+  // Root only: both parts over network namespaces, veth links shaped by tc
+  // (the cluster's compute link at compute_gbps, the interference case's at
+  // link_gbps), classes told apart by the kernel as well as by the arbiter.
+  bool netns = false;
+  double compute_gbps = 4.0;
   bool json = false;
   bool progress = true;     // a progress bar on stderr while it runs (when a terminal)
 };

@@ -44,11 +44,6 @@ std::string_view caseName(Case c) {
   return "?";
 }
 
-// tc's rate for a link of `gbps` (kbit keeps sub-Mbit/s links exact enough).
-std::string tcRate(double gbps) {
-  return fmt::format("{}kbit", static_cast<long long>(std::llround(gbps * 1e6)));
-}
-
 // Policy text of a case: the Ethernet test bed's two classes; the arbiter
 // shapes each rank's link to the emulated NIC. QoS off: KV at high priority,
 // so the arbiter shares the link evenly between the classes. In netns mode

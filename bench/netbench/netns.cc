@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -164,6 +165,10 @@ Status sysError(const std::string& what) {
 }
 
 }  // namespace
+
+std::string tcRate(double gbps) {
+  return fmt::format("{}kbit", static_cast<long long>(std::llround(gbps * 1e6)));
+}
 
 std::string defaultNetnsScript() {
   return DUALPATH_NETNS_SCRIPT;

@@ -36,6 +36,10 @@ Status netnsAvailable(const std::string& script, const std::string& qos_binary);
 std::string defaultNetnsScript();
 std::string defaultQosBinary();
 
+// tc's rate for a link of `gbps` Gbit/s ("1000000kbit"; kbit keeps
+// sub-Mbit/s links exact enough).
+std::string tcRate(double gbps);
+
 struct NetnsOptions {
   std::string script;      // scripts/netns-cluster.sh
   std::string qos_binary;  // dualpath-qos, which renders the tc script

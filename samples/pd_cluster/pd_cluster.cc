@@ -16,9 +16,11 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,6 +46,7 @@
 #include <dualpath/scheduler/scheduler.h>
 #include <dualpath/transport/transport.h>
 
+#include "netns.h"
 #include "rank_launcher.h"
 
 namespace dualpath::samples {
@@ -65,7 +68,10 @@ nlohmann::json PdClusterReport::toJson() const {
   auto util = [&](std::uint64_t bytes) {
     return seconds > 0 ? static_cast<double>(bytes) / (snic_bytes_per_s * seconds) : 0.0;
   };
+  nlohmann::json kernel = nlohmann::json::object();
+  for (const auto& [name, bytes] : kernel_class_bytes) kernel[name] = bytes;
   return {{"mode", loadModeName(mode)},
+          {"network", {{"description", network_description}, {"kernel_class_bytes", kernel}}},
           {"seconds", seconds},
           {"requests", requests},
           {"prefill_tokens", prefill_tokens},
@@ -159,13 +165,27 @@ Result<std::unique_ptr<PosixBlockStore>> openStore(const Shared& s) {
   return PosixBlockStore::open(s.options.storage_dir, s.model, *options);
 }
 
-Result<std::shared_ptr<transport::Engine>> makeTransport(std::uint8_t& kv) {
-  Result<qos::Policy> policy = qos::loadPolicyOrError("", false);
+// A node's network: loopback, or (with options.network) its own namespace
+// and veth, entered before UCX is loaded. The transport's device filter.
+Result<transport::DeviceFilter> enterNetwork(const Shared& s, int rank) {
+  if (s.options.network == nullptr) return transport::DeviceFilter{{"lo"}, {}};
+  const bench::NetnsNode& node = s.options.network->nodes()[static_cast<std::size_t>(rank)];
+  DP_TRY(bench::enterNetnsNode(node));
+  // Shared memory between the nodes would bypass the veth and the kernel's
+  // shaping (runPdCluster refused any other UCX_TLS).
+  ::setenv("UCX_TLS", "tcp", 1);
+  return transport::DeviceFilter{{node.device}, {}};
+}
+
+Result<std::shared_ptr<transport::Engine>> makeTransport(const Shared& s, int rank,
+                                                         std::uint8_t& kv) {
+  DP_TRY_ASSIGN(transport::DeviceFilter devices, enterNetwork(s, rank));
+  Result<qos::Policy> policy = qos::loadPolicyOrError(s.options.policy_path, false);
   if (!policy) return policy.status();
   const qos::TrafficClass* kv_class = policy->findClass("kv");
   if (kv_class == nullptr) return Status(StatusCode::internal, "the QoS policy has no kv class");
   kv = static_cast<std::uint8_t>(policy->indexOf(*kv_class));
-  return transport::Engine::create({*policy, transport::DeviceFilter{{"lo"}, {}}, 30'000, false});
+  return transport::Engine::create({*policy, std::move(devices), 30'000, false});
 }
 
 // A node's end of the control channel, shut down (not merely closed) however
@@ -650,7 +670,7 @@ Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress&
   const int control = s.control[0];
   const ControlEnd control_end{control};
   std::uint8_t kv = 0;
-  auto net = makeTransport(kv);
+  auto net = makeTransport(s, kPeRank, kv);
   if (!net) return context(net.status(), "PE node: transport");
   auto endpoints = connectNodes(bootstrap, **net, kv, 2 * std::size_t{s.options.engines});
   if (!endpoints) return endpoints.status();
@@ -777,7 +797,7 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
   const int control = s.control[1];
   const ControlEnd control_end{control};
   std::uint8_t kv = 0;
-  auto net = makeTransport(kv);
+  auto net = makeTransport(s, kDeRank, kv);
   if (!net) return context(net.status(), "DE node: transport");
   auto endpoints = connectNodes(bootstrap, **net, kv, 2 * std::size_t{s.options.engines});
   if (!endpoints) return endpoints.status();
@@ -956,10 +976,58 @@ Status checkOptions(const PdClusterOptions& o) {
   if (o.storage_dir.empty()) return bad("storage_dir", "is required");
   if (o.request_timeout.count() <= 0 || o.timeout.count() <= 0)
     return bad("timeout", "must be positive");
+  if (o.network != nullptr) {
+    if (o.network->nodes().size() != 2)
+      return bad("network", fmt::format("has {} nodes; the cluster needs 2 (PE, DE)",
+                                        o.network->nodes().size()));
+    const char* tls = std::getenv("UCX_TLS");
+    if (tls != nullptr && std::string_view(tls) != "tcp")
+      return bad("network", fmt::format("with UCX_TLS='{}': the nodes must talk over tcp only "
+                                        "(shared memory would bypass the veth links and tc)",
+                                        tls));
+  }
   return Status::ok();
 }
 
 }  // namespace
+
+PdClusterNetwork::PdClusterNetwork() = default;
+PdClusterNetwork::PdClusterNetwork(PdClusterNetwork&&) noexcept = default;
+PdClusterNetwork& PdClusterNetwork::operator=(PdClusterNetwork&&) noexcept = default;
+PdClusterNetwork::~PdClusterNetwork() = default;
+
+Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, double compute_gbps) {
+  if (!(compute_gbps * 1e6 >= 1))
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("pd-cluster: compute link {} Gbit/s: below tc's 1kbit", compute_gbps));
+  PdClusterNetwork network;
+  network.policy_path = work_dir + "/pd-cluster-policy.toml";
+  {
+    // The Ethernet test bed's classes (qos/examples/ethernet-testbed.toml):
+    // the kernel tells them apart by the TCP port range UCX binds per class.
+    std::ofstream out(network.policy_path);
+    out << "# written by the miniature PD cluster (samples/pd_cluster)\n"
+           "format = 1\n\n[fabric]\nkind = \"ethernet\"\n\n"
+           "[[class]]\nname = \"collective\"\nrole = \"collectives\"\npriority = \"high\"\n"
+           "default = true\nnccl_traffic_classes = [0]\ntcp_ports = \"24576-25599\"\n\n"
+           "[[class]]\nname = \"kv\"\nrole = \"kv\"\npriority = \"low\"\n"
+           "nccl_traffic_classes = [1]\ntcp_ports = \"25600-26623\"\ndscp = 10\n\n"
+           "[arbiter]\nlow_share = 0.05\n";
+    if (!out)
+      return Status(StatusCode::io,
+                    fmt::format("pd-cluster: writing the policy {}", network.policy_path));
+  }
+  bench::NetnsOptions netns;
+  netns.script = bench::defaultNetnsScript();
+  netns.qos_binary = bench::defaultQosBinary();
+  netns.nodes = 2;
+  netns.policy_path = network.policy_path;
+  netns.rate = bench::tcRate(compute_gbps);
+  auto cluster = bench::NetnsCluster::up(netns);
+  if (!cluster) return context(cluster.status(), "pd-cluster: network namespaces");
+  network.cluster = std::move(cluster).value();
+  return network;
+}
 
 Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode mode,
                                      const PdClusterProgress& progress) {
@@ -978,6 +1046,8 @@ Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode m
   s.relay_slots = std::max<std::size_t>(s.trace.max_blocks, 1);
   s.handoff_slots = std::size_t{options.trace.sessions} * s.trace.max_new_blocks;
   PD_TRY(seedStorage(s), "pd-cluster");
+  if (options.network != nullptr)
+    PD_TRY(options.network->shape(options.policy_path), "pd-cluster: network");
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.control) != 0)
     return Status(StatusCode::io, fmt::format("pd-cluster: socketpair: {}", std::strerror(errno)));
 
@@ -1020,6 +1090,29 @@ Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode m
   r.loads_verified = pe.at("verified").get<std::uint64_t>();
   r.snic_bytes_per_s = s.snic_bytes_per_s;
   r.snic_description = pe.at("snic").get<std::string>();
+  r.network_description = "UCX over tcp on loopback";
+  if (options.network != nullptr) {
+    // tc's "4000000kbit" (bench::tcRate) reads better as Gbit/s.
+    const std::string& rate = options.network->rate();
+    std::string readable = rate;
+    if (rate.ends_with("kbit")) {
+      readable = fmt::format("{:.3g} Gbit/s", std::strtod(rate.c_str(), nullptr) / 1e6);
+    }
+    r.network_description = fmt::format(
+        "UCX over tcp on veth links in network namespaces, shaped by tc htb to {} per node",
+        readable);
+    for (const bench::NetnsNode& node : options.network->nodes()) {
+      auto counters = options.network->classCounters(node.index);
+      if (!counters) return context(counters.status(), "pd-cluster: the kernel's class counters");
+      for (const bench::KernelClassCounters& k : *counters) {
+        auto it = std::find_if(r.kernel_class_bytes.begin(), r.kernel_class_bytes.end(),
+                               [&](const auto& entry) { return entry.first == k.name; });
+        if (it == r.kernel_class_bytes.end())
+          it = r.kernel_class_bytes.insert(r.kernel_class_bytes.end(), {k.name, 0});
+        it->second += k.bytes;
+      }
+    }
+  }
   if (mode != LoadMode::oracle &&
       r.blocks_pe_path + r.blocks_de_path + r.blocks_fallback != s.trace.block_reads)
     return Status(StatusCode::internal,

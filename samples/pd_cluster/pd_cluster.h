@@ -21,7 +21,8 @@
 // bucket per node on storage reads), the GPUs' compute (prefill time from the
 // model's FLOPs, decode as fixed-time steps), and device memory (host memory).
 // Real: the storage directory and its files, the KV relay and the handoff
-// (UCX through the transport, class `kv`), the processes and the scheduler.
+// (UCX through the transport, class `kv`), the processes and the scheduler;
+// with `network`, the compute link too (veth, the kernel's TCP and HTB).
 //
 // Threading: runPdCluster forks; call it before this process starts threads
 // or loads UCX. It blocks until both nodes end (bounded by `timeout`).
@@ -30,7 +31,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +41,10 @@
 #include <dualpath/common/status.h>
 
 #include "agentic_trace.h"
+
+namespace dualpath::bench {
+class NetnsCluster;
+}
 
 namespace dualpath::samples {
 
@@ -63,6 +70,13 @@ struct PdClusterOptions {
   double tpot_ms = 2;           // one emulated decode step (every running request gains a token)
   std::uint32_t relay_put_kib = 1024;  // RelayServerOptions::max_put_bytes
   std::string storage_dir;      // required: a directory this run owns (emptied first)
+  // The nodes' network. Null: loopback. Otherwise a cluster of two nodes
+  // (node 0 the PE node, node 1 the DE node): each node process enters its
+  // network namespace and the transport runs over UCX tcp on its veth, which
+  // the kernel shapes and classifies (by the policy's TCP port ranges).
+  // Its tc script is applied again before each mode (the counters restart).
+  bench::NetnsCluster* network = nullptr;
+  std::string policy_path;  // the QoS policy both nodes load; empty: the built-in one
   std::chrono::seconds request_timeout{60};  // each load's and handoff's deadline
   std::chrono::seconds timeout{300};         // the whole mode, both nodes
 };
@@ -78,11 +92,32 @@ struct PdClusterReport {
   std::uint64_t loads_verified = 0;  // loads whose device bytes matched their blocks
   double snic_bytes_per_s = 0;       // the emulated rate of each node
   std::string snic_description;      // "emulated storage NIC (...)"
+  std::string network_description;   // the compute link: loopback, or the veth and its rate
+  // With a network: bytes each HTB class of the policy sent during the mode,
+  // over both nodes' veths, from the kernel (tc -s class show).
+  std::vector<std::pair<std::string, std::uint64_t>> kernel_class_bytes;
   nlohmann::json toJson() const;
 };
 
 // Progress: requests finished so far, of the trace's total.
 using PdClusterProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+// A two-node network for PdClusterOptions::network (needs root and
+// iproute2): the nodes in network namespaces on veth links that the kernel
+// shapes to `compute_gbps` each way with the tc script rendered from the
+// cluster's policy (collectives high priority, KV low on its own TCP port
+// range), which is written to `work_dir`/pd-cluster-policy.toml.
+struct PdClusterNetwork {
+  std::unique_ptr<bench::NetnsCluster> cluster;  // removed when this goes
+  std::string policy_path;                       // for PdClusterOptions::policy_path
+  PdClusterNetwork();
+  PdClusterNetwork(PdClusterNetwork&&) noexcept;
+  PdClusterNetwork& operator=(PdClusterNetwork&&) noexcept;
+  ~PdClusterNetwork();
+};
+// unsupported naming what this machine lacks (root, ip, tc); io naming the
+// command that failed.
+Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, double compute_gbps);
 
 // Runs one mode on a fresh copy of the sessions' history. invalid_argument
 // for options out of range (naming the option); a node's error, naming the

@@ -1,7 +1,11 @@
 // dualpath-pd-cluster: the miniature PD cluster (pd_cluster.h), each mode on
 // the same trace, one after the other, and the ratios between them.
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -45,8 +49,39 @@ int main(int argc, char** argv) {
   app.add_option("--mode", modes, "modes to run, in order")
       ->check(CLI::IsMember({"basic", "dualpath", "oracle"}));
   app.add_flag("--json", json, "one JSON document instead of text");
+  bool netns = false;
+  double compute_gbps = 4;
+  app.add_flag("--netns", netns,
+               "each node in its own network namespace on a veth shaped by tc (root; "
+               "scripts/netns-cluster.sh)");
+  app.add_option("--compute-gbps", compute_gbps, "with --netns, each node's compute link, Gbit/s");
   CLI11_PARSE(app, argc, argv);
   o.timeout = std::chrono::seconds(timeout_s);
+  // Declared before the network, so that it outlives the cluster that uses it.
+  struct RemoveOnExit {
+    std::string path;
+    ~RemoveOnExit() {
+      std::error_code ignored;
+      if (!path.empty()) std::filesystem::remove_all(path, ignored);
+    }
+  } policy_dir;
+  dualpath::samples::PdClusterNetwork network;
+  if (netns) {
+    char scratch[] = "/tmp/dualpath-pd-cluster-XXXXXX";
+    if (::mkdtemp(scratch) == nullptr) {
+      std::fprintf(stderr, "dualpath-pd-cluster: --netns: mkdtemp: %s\n", std::strerror(errno));
+      return 1;
+    }
+    policy_dir.path = scratch;
+    auto made = dualpath::samples::makePdClusterNetwork(policy_dir.path, compute_gbps);
+    if (!made) {
+      std::fprintf(stderr, "dualpath-pd-cluster: --netns: %s\n", made.status().toString().c_str());
+      return made.status().code() == dualpath::StatusCode::invalid_argument ? 2 : 1;
+    }
+    network = std::move(made).value();
+    o.network = network.cluster.get();
+    o.policy_path = network.policy_path;
+  }
 
   nlohmann::json doc{{"sample", "dualpath-pd-cluster"},
                      {"model", o.model},
@@ -67,10 +102,11 @@ int main(int argc, char** argv) {
     if (!json) {
       const PdClusterReport& r = *report;
       fmt::print(
-          "pd-cluster [{}; compute emulated]: mode {:<8} {:7.3f} s  {:8.0f} tokens/s  storage NIC "
+          "pd-cluster [{}; {}; compute emulated]: mode {:<8} {:7.3f} s  {:8.0f} tokens/s  storage NIC "
           "utilisation PE {:5.1f}% DE {:5.1f}%  blocks pe/de/fallback {}/{}/{}  written back "
           "{}+{}  loads verified {}\n",
-          r.snic_description, dualpath::samples::loadModeName(r.mode), r.seconds,
+          r.snic_description, r.network_description, dualpath::samples::loadModeName(r.mode),
+          r.seconds,
           static_cast<double>(r.prefill_tokens) / r.seconds,
           100 * static_cast<double>(r.pe_snic_bytes) / (r.snic_bytes_per_s * r.seconds),
           100 * static_cast<double>(r.de_snic_bytes) / (r.snic_bytes_per_s * r.seconds),
