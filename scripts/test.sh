@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 jobs=$(nproc)
-step() { printf '\n==== %s\n' "$*"; }
+step() { printf '\n==== %s (%s)\n' "$*" "$(date +%T)"; }
 
 step "build/: GCC, warnings as errors"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDUALPATH_WERROR=ON
