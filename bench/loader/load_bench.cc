@@ -804,7 +804,9 @@ int run(const Args& a) {
   }
   modes.push_back({{"mode", "oracle"},
                    {"applicable", false},
-                   {"why", "no compute is emulated: the bench times loads only"}});
+                   {"why", "no compute is emulated: the bench times loads only; "
+                           "dualpath-pd-cluster (and dualpath-bench demo) runs it with "
+                           "emulated compute"}});
   doc["modes"] = modes;
   doc["ratio_dualpath_over_basic"] = ratio;
   doc["target"] = kTarget;
@@ -812,7 +814,8 @@ int run(const Args& a) {
   if (a.json) {
     fmt::print("{}\n", doc.dump());  // one line
   } else {
-    line("mode oracle   not applicable: no compute is emulated (loads only)");
+    line("mode oracle   not applicable: no compute is emulated (loads only); "
+         "dualpath-pd-cluster and dualpath-bench demo run it with emulated compute");
     line(
         "ratio dualpath/basic = {:.3f} (throughput, same trace, same run; target >= {:.1f}: {}; "
         "ideal 2.0)",

@@ -26,6 +26,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <poll.h>
@@ -191,9 +192,18 @@ Result<std::shared_ptr<transport::Engine>> makeTransport(const Shared& s, int ra
 // A node's end of the control channel, shut down (not merely closed) however
 // the node ends: the launcher keeps both ends open until both nodes end, so
 // only a shutdown tells the peer node that this one is gone.
-struct ControlEnd {
-  int fd;
-  ~ControlEnd() { ::shutdown(fd, SHUT_RDWR); }
+class ControlEnd {
+ public:
+  explicit ControlEnd(int fd) : fd_(fd) {}
+  ControlEnd(ControlEnd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  ControlEnd& operator=(ControlEnd&&) = delete;
+  ~ControlEnd() {
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+  }
+  int fd() const noexcept { return fd_; }
+
+ private:
+  int fd_;
 };
 
 // ---- the global scheduler, in the PE node's process --------------------------
@@ -664,22 +674,39 @@ class PrefillEngine {
   std::vector<std::byte> scratch_;
 };
 
-Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress& progress,
-                 std::string* report) {
-  ::close(s.control[1]);
-  const int control = s.control[0];
-  const ControlEnd control_end{control};
+// What each node starts from: its end of the control channel (the other end
+// closed), the transport on its network, its 2K connections to the other
+// node (engine i's relay, then its handoff) and its emulated storage NIC.
+struct NodeStart {
+  ControlEnd control;
+  std::shared_ptr<transport::Engine> net;
+  std::vector<std::unique_ptr<transport::Endpoint>> endpoints;
+  std::unique_ptr<StorageRateLimiter> snic;
+};
+
+Result<NodeStart> startNode(const Shared& s, Bootstrap& bootstrap, int rank) {
+  const std::string who = rank == kPeRank ? "PE node" : "DE node";
+  ::close(s.control[rank == kPeRank ? 1 : 0]);
+  ControlEnd control(s.control[rank == kPeRank ? 0 : 1]);
   std::uint8_t kv = 0;
-  auto net = makeTransport(s, kPeRank, kv);
-  if (!net) return context(net.status(), "PE node: transport");
+  auto net = makeTransport(s, rank, kv);
+  if (!net) return context(net.status(), who + ": transport");
   auto endpoints = connectNodes(bootstrap, **net, kv, 2 * std::size_t{s.options.engines});
   if (!endpoints) return endpoints.status();
   auto snic = StorageRateLimiter::create(s.snic_bytes_per_s, s.snic_burst_bytes);
-  if (!snic) return snic.status();
+  if (!snic) return context(snic.status(), who + ": storage NIC");
+  return NodeStart{std::move(control), std::move(net).value(), std::move(endpoints).value(),
+                   std::move(snic).value()};
+}
+
+Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress& progress,
+                 std::string* report) {
+  DP_TRY_ASSIGN(NodeStart node, startNode(s, bootstrap, kPeRank));
+  const int control = node.control.fd();
   std::vector<std::unique_ptr<PrefillEngine>> engines;
   for (std::uint32_t i = 0; i < s.options.engines; ++i) {
-    auto e = PrefillEngine::create(s, i, **snic, std::move((*endpoints)[2 * i]),
-                                   std::move((*endpoints)[2 * i + 1]));
+    auto e = PrefillEngine::create(s, i, *node.snic, std::move(node.endpoints[2 * i]),
+                                   std::move(node.endpoints[2 * i + 1]));
     if (!e) return context(e.status(), fmt::format("PE engine {}", i));
     engines.push_back(std::move(e).value());
   }
@@ -763,7 +790,7 @@ Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress&
   }
   *report = json{{"seconds", seconds},
                  {"snic_bytes", snic_bytes},
-                 {"snic", (*snic)->describe()},
+                 {"snic", node.snic->describe()},
                  {"pe_path", figures.pe_path.load()},
                  {"de_path", figures.de_path.load()},
                  {"fallback", figures.fallback.load()},
@@ -776,7 +803,7 @@ Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress&
   // progress the closes to their end) while the DE node still progresses its
   // side; only then does the DE node close its own and end.
   engines.clear();
-  net->reset();
+  node.net.reset();
   ::shutdown(control, SHUT_WR);
   pollfd pfd{control, POLLIN, 0};
   while (Clock::now() < deadline && ::poll(&pfd, 1, 100) == 0) {
@@ -793,16 +820,8 @@ struct Decoding {
 };
 
 Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
-  ::close(s.control[0]);
-  const int control = s.control[1];
-  const ControlEnd control_end{control};
-  std::uint8_t kv = 0;
-  auto net = makeTransport(s, kDeRank, kv);
-  if (!net) return context(net.status(), "DE node: transport");
-  auto endpoints = connectNodes(bootstrap, **net, kv, 2 * std::size_t{s.options.engines});
-  if (!endpoints) return endpoints.status();
-  auto snic = StorageRateLimiter::create(s.snic_bytes_per_s, s.snic_burst_bytes);
-  if (!snic) return snic.status();
+  DP_TRY_ASSIGN(NodeStart node, startNode(s, bootstrap, kDeRank));
+  const int control = node.control.fd();
   struct Pair {
     std::unique_ptr<PosixBlockStore> store;
     std::unique_ptr<BufferPool> relay_pool, handoff_pool;
@@ -815,7 +834,7 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
     auto store = openStore(s);
     if (!store) return context(store.status(), "DE store");
     p.store = std::move(store).value();
-    p.store->emulateStorageNic(snic->get());
+    p.store->emulateStorageNic(node.snic.get());
     auto relay_pool = BufferPool::create({.name = fmt::format("de-relay-buffer-{}", i),
                                           .slot_bytes = s.model.fullBlockBytes(),
                                           .slots = s.relay_slots});
@@ -827,11 +846,11 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
     p.relay_pool = std::move(relay_pool).value();
     p.handoff_pool = std::move(handoff_pool).value();
     auto server = RelayServer::create(
-        std::move((*endpoints)[2 * i]), *p.store, *p.relay_pool, s.model,
+        std::move(node.endpoints[2 * i]), *p.store, *p.relay_pool, s.model,
         {.max_put_bytes = std::uint64_t{s.options.relay_put_kib} * 1024});
     if (!server) return context(server.status(), "DE relay server");
     p.server = std::move(server).value();
-    auto receiver = HandoffReceiver::create(std::move((*endpoints)[2 * i + 1]), *p.store,
+    auto receiver = HandoffReceiver::create(std::move(node.endpoints[2 * i + 1]), *p.store,
                                             *p.handoff_pool, s.model);
     if (!receiver) return context(receiver.status(), "DE handoff receiver");
     p.receiver = std::move(receiver).value();
@@ -939,7 +958,7 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
   }
   // Then this node's connections go, and only then its end of the channel.
   pairs.clear();
-  return Status::ok();  // control_end shuts the channel down
+  return Status::ok();  // then node.control shuts the channel down, after the transport
 }
 
 // The history every session has in storage before its first turn.

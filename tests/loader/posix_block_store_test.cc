@@ -543,16 +543,21 @@ TEST(PosixBlockStoreTest, TruncatedFilesGiveTheSameOutcomeWithOneReadOrTwo) {
   }
 }
 
+// The io_uring engine with a short queue, so that a batch outgrows it.
+PosixBlockStoreOptions uringWithQueueDepth(std::uint32_t depth) {
+  PosixBlockStoreOptions options;
+  options.io_engine = IoEngine::io_uring;
+  options.fsync = FsyncPolicy::none;
+  options.queue_depth = depth;
+  return options;
+}
+
 // poll() drives io_uring to the end of a batch larger than its queue: the
 // completions it reaps free slots that it refills, with no wait().
 TEST(PosixBlockStoreTest, PollingRefillsTheIoUringQueue) {
   ScratchDir scratch;
   const ModelSpec model = preset("tiny");
-  PosixBlockStoreOptions options;
-  options.io_engine = IoEngine::io_uring;
-  options.fsync = FsyncPolicy::none;
-  options.queue_depth = 2;
-  auto store = openStore(scratch.path(), model, options);
+  auto store = openStore(scratch.path(), model, uringWithQueueDepth(2));
   ASSERT_NE(store, nullptr);
   constexpr std::size_t kBlocks = 50;
   AlignedBuffers buffers(kBlocks, model.fullBlockBytes());
@@ -587,11 +592,7 @@ TEST(PosixBlockStoreTest, PollingRefillsTheIoUringQueue) {
 TEST(PosixBlockStoreTest, TheIoUringEngineTakesOneBatchAtATimeAndSaysSo) {
   ScratchDir scratch;
   const ModelSpec model = preset("tiny");
-  PosixBlockStoreOptions options;
-  options.io_engine = IoEngine::io_uring;
-  options.fsync = FsyncPolicy::none;
-  options.queue_depth = 2;
-  auto store = openStore(scratch.path(), model, options);
+  auto store = openStore(scratch.path(), model, uringWithQueueDepth(2));
   ASSERT_NE(store, nullptr);
   constexpr std::size_t kBlocks = 8;
   AlignedBuffers buffers(2 * kBlocks, model.fullBlockBytes());

@@ -1233,16 +1233,27 @@ std::vector<std::string> Worker::lanes(const Connection& connection) {
   return lanesOf(connection.dataEp());
 }
 
-std::vector<std::string> resourcesOf(ucp_context_h context) {
-  std::vector<std::string> result;
+namespace {
+
+// What one of UCX's print functions writes, as text; empty when no stream.
+template <typename Print>
+std::string printedByUcx(Print print) {
   char* text = nullptr;
   std::size_t size = 0;
   FILE* stream = open_memstream(&text, &size);
-  if (stream == nullptr) return result;
-  ucp_context_print_info(context, stream);
+  if (stream == nullptr) return {};
+  print(stream);
   std::fclose(stream);
-  std::istringstream lines(std::string(text, size));
+  std::string printed(text, size);
   std::free(text);
+  return printed;
+}
+
+}  // namespace
+
+std::vector<std::string> resourcesOf(ucp_context_h context) {
+  std::vector<std::string> result;
+  std::istringstream lines(printedByUcx([&](FILE* out) { ucp_context_print_info(context, out); }));
   // Lines look like "#      resource 1  :  md 1  dev 1  flags -- tcp/lo": the last word.
   std::string line;
   while (std::getline(lines, line)) {
@@ -1256,13 +1267,8 @@ std::vector<std::string> resourcesOf(ucp_context_h context) {
 std::vector<std::string> lanesOf(ucp_ep_h ep) {
   std::vector<std::string> result;
   if (ep == nullptr) return result;
-  char* text = nullptr;
-  std::size_t size = 0;
-  FILE* stream = open_memstream(&text, &size);
-  if (stream == nullptr) return result;
-  ucp_ep_print_info(ep, stream);
-  std::fclose(stream);
-  std::string_view info(text, size);
+  const std::string printed = printedByUcx([&](FILE* out) { ucp_ep_print_info(ep, out); });
+  const std::string_view info(printed);
   // Lines look like "#   lane[0]:  2:tcp/lo.0 md[0] ..." : take "tcp/lo".
   std::size_t pos = 0;
   while ((pos = info.find("lane[", pos)) != std::string_view::npos) {
@@ -1280,7 +1286,6 @@ std::vector<std::string> lanesOf(ucp_ep_h ep) {
     if (std::find(result.begin(), result.end(), lane) == result.end()) result.push_back(lane);
     pos = eol == std::string_view::npos ? info.size() : eol;
   }
-  std::free(text);
   return result;
 }
 
