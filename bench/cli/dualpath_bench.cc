@@ -203,6 +203,9 @@ int main(int argc, char** argv) {
   interference->add_option("--link-gbps", o.link_gbps,
                            "the emulated NIC per rank, Gbit/s (the arbiter's link_rate)");
   interference->add_option("--kv-load", o.kv_load, "offered KV per rank, a fraction of the link");
+  interference->add_option("--low-max-inflight", o.low_max_inflight,
+                           "the arbiter's low_max_inflight in every case's policy (e.g. 256KiB; "
+                           "default: the policy's default)");
   interference->add_option("--kv-message-bytes", o.kv_message_bytes,
                            "KV message size (default: a DeepSeek-V3.2 Layer Block)");
   interference->add_option("--plugin", o.plugin, "NCCL_NET_PLUGIN's value, or a library path");

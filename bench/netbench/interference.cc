@@ -61,11 +61,13 @@ std::string policyText(Case c, const InterferenceOptions& o) {
       "default = true\nnccl_traffic_classes = [{}]\n{}\n"
       "[[class]]\nname = \"kv\"\nrole = \"kv\"\npriority = \"{}\"\n"
       "nccl_traffic_classes = [{}]\ndscp = 10\n{}\n"
-      "[arbiter]\nlow_share = 0.05\n{}",
+      "[arbiter]\nlow_share = 0.05\n{}{}",
       caseName(c), kCollectiveClass, o.netns ? "tcp_ports = \"24576-25599\"\n" : "",
       c == Case::qos_off ? "high" : "low", kKvClass,
       o.netns ? "tcp_ports = \"25600-26623\"\n" : "",
-      arbiter_shapes ? fmt::format("link_rate = \"{}\"\n", tcRate(o.link_gbps)) : "");
+      arbiter_shapes ? fmt::format("link_rate = \"{}\"\n", tcRate(o.link_gbps)) : "",
+      o.low_max_inflight.empty() ? ""
+                                 : fmt::format("low_max_inflight = \"{}\"\n", o.low_max_inflight));
 }
 
 double bytesPerSecond(double gbps) {

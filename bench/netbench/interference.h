@@ -49,6 +49,7 @@ struct InterferenceOptions {
   double link_gbps = 1.0;                         // the emulated NIC, per rank
   double kv_load = 0.5;                           // offered KV, as a fraction of the link
   std::size_t kv_message_bytes = 41984;           // a DeepSeek-V3.2 Layer Block
+  std::string low_max_inflight;  // the policy's arbiter.low_max_inflight (empty: its default)
   std::string plugin = "dualpath";                // NCCL_NET_PLUGIN's value, or a path
   std::string work_dir;                           // where the cases' policies are written
   std::chrono::seconds timeout{300};
