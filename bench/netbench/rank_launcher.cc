@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include <poll.h>
 #include <signal.h>
@@ -128,7 +129,8 @@ Status Bootstrap::barrier() {
 }
 
 Result<std::vector<RankOutcome>> runRanks(int ranks, const RankBody& body,
-                                          std::chrono::milliseconds timeout) {
+                                          std::chrono::milliseconds timeout,
+                                          std::chrono::milliseconds after_failure) {
   if (ranks < 1) {
     return Status(StatusCode::invalid_argument, fmt::format("runRanks: {} ranks", ranks));
   }
@@ -165,13 +167,16 @@ Result<std::vector<RankOutcome>> runRanks(int ranks, const RankBody& body,
   auto allGathered = [&] {
     return std::all_of(children.begin(), children.end(), [](const Child& c) { return c.gathered; });
   };
+  // Once a rank failed, the others end by this time or are killed.
+  std::optional<LaunchClock::time_point> give_up;
+  int failed_first = -1;
   // Relays gathers and collects reports until every rank closed its end.
   while (std::any_of(children.begin(), children.end(), [](const Child& c) { return !c.eof; })) {
     std::vector<pollfd> pfds;
     for (const Child& c : children) {
       if (!c.eof) pfds.push_back(pollfd{c.fd, POLLIN, 0});
     }
-    const int ready = ::poll(pfds.data(), pfds.size(), remainingMs(deadline));
+    const int ready = ::poll(pfds.data(), pfds.size(), remainingMs(give_up.value_or(deadline)));
     if (ready == 0) break;  // the deadline: whoever is left is killed below
     if (ready < 0 && errno != EINTR) return ioError("runRanks: poll");
     for (Child& c : children) {
@@ -183,6 +188,13 @@ Result<std::vector<RankOutcome>> runRanks(int ranks, const RankBody& body,
       if (n <= 0) {
         if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         c.eof = true;
+        // The rank closes its end only by exiting (the socket is close-on-exec).
+        c.exited = ::waitpid(c.pid, &c.wait_status, 0) == c.pid;
+        const bool failed = c.exited && (WIFSIGNALED(c.wait_status) || WEXITSTATUS(c.wait_status) != 0);
+        if (failed && !give_up) {
+          give_up = std::min(deadline, LaunchClock::now() + after_failure);
+          failed_first = c.rank;
+        }
         continue;
       }
       c.inbox.insert(c.inbox.end(), chunk, chunk + n);
@@ -219,12 +231,17 @@ Result<std::vector<RankOutcome>> runRanks(int ranks, const RankBody& body,
   std::vector<RankOutcome> outcomes;
   for (Child& c : children) {
     if (!c.eof) ::kill(c.pid, SIGKILL);
-    ::waitpid(c.pid, &c.wait_status, 0);
+    if (!c.exited) ::waitpid(c.pid, &c.wait_status, 0);
     ::close(c.fd);
     RankOutcome outcome;
     outcome.rank = c.rank;
     outcome.report = c.report;
-    if (!c.eof) {
+    if (!c.eof && give_up && *give_up < deadline) {
+      outcome.status = Status(
+          StatusCode::remote,
+          fmt::format("rank {}: still running {} ms after rank {} failed; killed", c.rank,
+                      after_failure.count(), failed_first));
+    } else if (!c.eof) {
       outcome.status = Status(StatusCode::timeout,
                               fmt::format("rank {}: still running after {} ms; killed", c.rank,
                                           timeout.count()));

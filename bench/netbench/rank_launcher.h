@@ -57,9 +57,13 @@ using RankBody = std::function<Status(Bootstrap& bootstrap, std::string* report)
 
 // Forks `ranks` processes, each running `body` and exiting; relays their
 // all-gathers; returns one outcome per rank once all ended, or kills the
-// rest at `timeout` (their outcome: timeout). invalid_argument for fewer
-// than 1 rank; io when a process cannot be made.
-Result<std::vector<RankOutcome>> runRanks(int ranks, const RankBody& body,
-                                          std::chrono::milliseconds timeout);
+// rest at `timeout` (their outcome: timeout). Once a rank has failed (its
+// body's error, a signal), the others get `after_failure` to end on their
+// own, since they may be waiting for it; then they are killed (their
+// outcome: remote, naming the rank that failed first). invalid_argument for
+// fewer than 1 rank; io when a process cannot be made.
+Result<std::vector<RankOutcome>> runRanks(
+    int ranks, const RankBody& body, std::chrono::milliseconds timeout,
+    std::chrono::milliseconds after_failure = std::chrono::seconds(10));
 
 }  // namespace dualpath::bench

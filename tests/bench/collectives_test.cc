@@ -164,6 +164,24 @@ TEST(RankLauncher, ARankThatFailsIsReportedByRankWithItsError) {
   EXPECT_EQ((*outcomes)[1].status.message(), "rank 1: exited 1: io: disk on fire");
 }
 
+// Rank 0 waits in a barrier that rank 1 never joins: without fail-fast it
+// would wait for the whole timeout (kTimeout); it is killed once rank 1 has
+// failed and its grace has passed.
+TEST(RankLauncher, TheOthersAreStoppedSoonAfterARankFails) {
+  Result<std::vector<RankOutcome>> outcomes = runRanks(
+      2,
+      [](Bootstrap& bootstrap, std::string*) -> Status {
+        if (bootstrap.rank() == 1) return Status(StatusCode::io, "disk on fire");
+        return bootstrap.barrier();
+      },
+      std::chrono::hours(1), std::chrono::milliseconds(200));
+  ASSERT_TRUE(outcomes.hasValue()) << outcomes.status().toString();
+  EXPECT_EQ((*outcomes)[1].status.message(), "rank 1: exited 1: io: disk on fire");
+  EXPECT_EQ((*outcomes)[0].status.code(), StatusCode::remote);
+  EXPECT_EQ((*outcomes)[0].status.message(),
+            "rank 0: still running 200 ms after rank 1 failed; killed");
+}
+
 TEST(RankLauncher, AllGatherHandsEveryRankEveryBlobInRankOrder) {
   Result<std::vector<RankOutcome>> outcomes = runRanks(
       3,
