@@ -228,6 +228,9 @@ int main(int argc, char** argv) {
   dualpath::bench::addDemoOptions(*demo, demo_options);
 
   CLI11_PARSE(app, argc, argv);
+  // UCX logs to stdout unless told otherwise, which would break the report
+  // (and --json); the user's own UCX_LOG_FILE still wins.
+  ::setenv("UCX_LOG_FILE", "stderr", 0);
   if (load->parsed()) return dualpath::bench::runLoadBench(load_args);
   if (demo->parsed()) return dualpath::bench::runDemo(demo_options);
 

@@ -56,6 +56,9 @@ int main(int argc, char** argv) {
                "scripts/netns-cluster.sh)");
   app.add_option("--compute-gbps", compute_gbps, "with --netns, each node's compute link, Gbit/s");
   CLI11_PARSE(app, argc, argv);
+  // UCX logs to stdout unless told otherwise, which would break the report
+  // (and --json); the user's own UCX_LOG_FILE still wins.
+  ::setenv("UCX_LOG_FILE", "stderr", 0);
   o.timeout = std::chrono::seconds(timeout_s);
   // Declared before the network, so that it outlives the cluster that uses it.
   struct RemoveOnExit {
