@@ -996,6 +996,9 @@ Status checkOptions(const PdClusterOptions& o) {
   if (o.request_timeout.count() <= 0 || o.timeout.count() <= 0)
     return bad("timeout", "must be positive");
   if (o.network != nullptr) {
+    if (o.policy_path.empty())
+      return bad("policy_path", "is required with a network: the nodes' classes must be the "
+                                "ones its tc script classifies (makePdClusterNetwork's)");
     if (o.network->nodes().size() != 2)
       return bad("network", fmt::format("has {} nodes; the cluster needs 2 (PE, DE)",
                                         o.network->nodes().size()));

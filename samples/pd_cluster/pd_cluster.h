@@ -77,6 +77,7 @@ struct PdClusterOptions {
   // Its tc script is applied again before each mode (the counters restart).
   bench::NetnsCluster* network = nullptr;
   std::string policy_path;  // the QoS policy both nodes load; empty: the built-in one
+                            // (required with a network: makePdClusterNetwork gives it)
   std::chrono::seconds request_timeout{60};  // each load's and handoff's deadline
   std::chrono::seconds timeout{300};         // the whole mode, both nodes
 };
