@@ -120,10 +120,10 @@ std::uint64_t wireId(std::uint64_t index, std::uint32_t de_engine) {
   return (std::uint64_t{de_engine} << kDeEngineShift) | index;
 }
 
-// Adds what failed to a status, keeping its code.
+// Status::withContext, leaving an ok status untouched.
 Status context(Status status, std::string_view what) {
   if (status.isOk()) return status;
-  return Status(status.code(), fmt::format("{}: {}", what, status.message()));
+  return std::move(status).withContext(what);
 }
 
 #define PD_TRY(expr, what)                                 \
