@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <dualpath/common/params.h>
+
 #include "collectives.h"
 #include "net_plugin.h"
 #include "netns.h"
@@ -351,6 +353,9 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
     ::setenv("UCX_TLS", "tcp", 1);
   }
   ::setenv("DUALPATH_QOS_POLICY", policy_path.c_str(), 1);
+  // The parameters this process inherited are the launcher's; the plugin and
+  // the transport it shares with us must read this case's policy and device.
+  DP_TRY(params::reloadAfterFork().status());
   DP_TRY_ASSIGN(auto plugin, NetPlugin::load(o.plugin));
   Json rows = Json::array();
   {

@@ -7,11 +7,13 @@ namespace dualpath::log {
 
 namespace detail {
 std::atomic<Level> g_level{Level::warn};
+std::atomic<int> g_routes{0};
 }  // namespace detail
 
 namespace {
 
 std::atomic<Sink> g_sink{nullptr};
+thread_local const ScopedRoute* t_route = nullptr;
 
 spdlog::level::level_enum toSpdlog(Level level) noexcept {
   switch (level) {
@@ -85,7 +87,32 @@ Level level() noexcept {
   return detail::g_level.load(std::memory_order_relaxed);
 }
 
+ScopedRoute::ScopedRoute(Sink route_sink, Level route_level) noexcept
+    : outer_(t_route), sink_(route_sink), level_(route_level) {
+  t_route = this;
+  detail::g_routes.fetch_add(1, std::memory_order_relaxed);
+}
+
+ScopedRoute::~ScopedRoute() {
+  detail::g_routes.fetch_sub(1, std::memory_order_relaxed);
+  t_route = outer_;
+}
+
+bool detail::routedEnabled(Level level) noexcept {
+  if (const ScopedRoute* route = t_route) return level >= route->level();
+  return level >= g_level.load(std::memory_order_relaxed);
+}
+
 void detail::emit(Level level, const char* file, int line, std::string_view message) noexcept {
+  if (const ScopedRoute* route = t_route) {
+    // A sink that itself logs through this facade (a host's NCCL logger that
+    // forwards to DualPath's log, as the benchmarks' does) reaches the outer
+    // route or the process sink, not itself again.
+    t_route = route->outer();
+    route->sink()(level, file, line, message);
+    t_route = route;
+    return;
+  }
   Sink sink = g_sink.load(std::memory_order_acquire);
   (sink != nullptr ? sink : spdlogSink)(level, file, line, message);
 }

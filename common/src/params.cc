@@ -1,11 +1,13 @@
 #include <array>
+#include <atomic>
 #include <charconv>
 #include <cstdlib>
-#include <mutex>
+#include <deque>
 
 #include <fmt/format.h>
 
 #include <dualpath/common/params.h>
+#include <dualpath/common/thread_annotations.h>
 
 namespace dualpath::params {
 
@@ -126,22 +128,58 @@ Result<Snapshot> parse(const EnvLookup& lookup) {
   return snapshot;
 }
 
-Result<const Snapshot*> global() {
-  static std::once_flag once;
-  static Result<Snapshot> parsed(Status(StatusCode::internal, "parameters not parsed"));
-  std::call_once(once, [] {
-    parsed = parse([](const char* name) { return std::getenv(name); });
-    if (!parsed) return;
-    log::setLevel(parsed->log_level);
+namespace {
+
+// Every parse of the process environment, kept until exit so that a pointer
+// global() handed out never dangles after reloadAfterFork().
+struct Parsed {
+  Mutex mu;
+  std::deque<Result<Snapshot>> all DP_GUARDED_BY(mu);
+  std::atomic<const Result<Snapshot>*> current{nullptr};
+};
+
+Parsed& parsed() {
+  static Parsed p;
+  return p;
+}
+
+Result<const Snapshot*> view(const Result<Snapshot>& result) {
+  if (!result) return result.status();
+  return &*result;
+}
+
+// Parses, applies DUALPATH_LOG_LEVEL and logs what differs from a default.
+const Result<Snapshot>* parseEnvironment(Parsed& p) DP_REQUIRES(p.mu) {
+  Result<Snapshot>& result = p.all.emplace_back(parse([](const char* name) { return std::getenv(name); }));
+  if (result) {
+    log::setLevel(result->log_level);
     for (const Spec& spec : kRegistry) {
       const char* raw = std::getenv(std::string(spec.env_name).c_str());
       if (raw != nullptr && std::string_view(raw) != spec.default_text) {
         DP_LOG_INFO("{}={} (default '{}')", spec.env_name, raw, spec.default_text);
       }
     }
-  });
-  if (!parsed) return parsed.status();
-  return &*parsed;
+  }
+  p.current.store(&result, std::memory_order_release);
+  return &result;
+}
+
+}  // namespace
+
+Result<const Snapshot*> global() {
+  Parsed& p = parsed();
+  if (const Result<Snapshot>* current = p.current.load(std::memory_order_acquire)) {
+    return view(*current);
+  }
+  MutexLock lock(p.mu);
+  const Result<Snapshot>* current = p.current.load(std::memory_order_acquire);
+  return view(current != nullptr ? *current : *parseEnvironment(p));
+}
+
+Result<const Snapshot*> reloadAfterFork() {
+  Parsed& p = parsed();
+  MutexLock lock(p.mu);
+  return view(*parseEnvironment(p));
 }
 
 }  // namespace dualpath::params

@@ -1,5 +1,6 @@
 #include "boundary.h"
 
+#include <algorithm>
 #include <array>
 #include <climits>
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -76,9 +78,27 @@ abi::NcclResult toNccl(const Status& status, const char* call) noexcept {
   return abi::systemError;
 }
 
+// Routes this thread's lines to NCCL's logger for the duration of one ABI
+// call, so the transport's lines about NCCL's connections reach NCCL_DEBUG,
+// while other threads of the process (a loader sharing the transport) keep
+// their own sink. NCCL's logger filters by NCCL_DEBUG; it gets everything down
+// to info, or lower when DUALPATH_LOG_LEVEL asks for it.
+class NcclLogRoute {
+ public:
+  NcclLogRoute() noexcept {
+    if (g_nccl_logger.load(std::memory_order_acquire) != nullptr) {
+      route_.emplace(&ncclSink, std::min(log::level(), log::Level::info));
+    }
+  }
+
+ private:
+  std::optional<log::ScopedRoute> route_;
+};
+
 // Runs `body` with every exception contained: nothing crosses the C ABI.
 template <class Body>
 abi::NcclResult guarded(const char* call, Body&& body) noexcept {
+  NcclLogRoute route;
   try {
     return toNccl(body(), call);
   } catch (const std::bad_alloc&) {
@@ -178,27 +198,18 @@ Result<std::uint8_t> classFor(const transport::Engine& engine, int traffic_class
   return static_cast<std::uint8_t>(engine.policy().indexOf(*cls));
 }
 
-Status startEngine(abi::DebugLogger logger) {
-  DP_TRY(params::global().status());  // applies DUALPATH_LOG_LEVEL first
-  if (logger != nullptr) {
-    g_nccl_logger.store(logger, std::memory_order_release);
-    log::setSink(&ncclSink);
-    // NCCL's logger filters by NCCL_DEBUG; hand it everything down to info.
-    if (!log::enabled(log::Level::info)) log::setLevel(log::Level::info);
-  }
-  return Status::ok();
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- init / finalize
 
 abi::NcclResult init(void** ctx, std::uint64_t comm_id, int traffic_class,
                      abi::DebugLogger logger) noexcept {
+  // Before the guard, so that init's own failures reach NCCL's logger.
+  if (logger != nullptr) g_nccl_logger.store(logger, std::memory_order_release);
   return guarded("init", [&]() -> Status {
     if (ctx == nullptr) return usage("init: NULL ctx");
     *ctx = nullptr;
-    DP_TRY(startEngine(logger));
+    DP_TRY(params::global().status());
     DP_TRY_ASSIGN(std::shared_ptr<transport::Engine> engine, transport::Engine::shared());
     DP_TRY_ASSIGN(std::uint8_t cls, classFor(*engine, traffic_class));
     auto context = std::make_unique<Context>(Context{engine, cls, comm_id});

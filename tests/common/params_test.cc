@@ -1,3 +1,7 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -103,6 +107,36 @@ TEST(ParamsTest, RegistryNamesFollowTheConvention) {
       EXPECT_TRUE((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_') << spec.env_name;
     }
   }
+}
+
+// What a benchmark's forked rank does: it inherits the launcher's snapshot,
+// sets its own environment and reloads. The child reports by exit code, since
+// a failed expectation in a forked child would not reach the parent's result.
+TEST(ParamsTest, AForkedChildReloadsItsOwnEnvironment) {
+  ::unsetenv("DUALPATH_QOS_POLICY");
+  Result<const Snapshot*> inherited = global();
+  ASSERT_TRUE(inherited.hasValue()) << inherited.status().toString();
+  const std::string before = (*inherited)->qos_policy;
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("DUALPATH_QOS_POLICY", "/etc/dualpath/rank-policy.toml", 1);
+    Result<const Snapshot*> still = global();
+    if (!still || (*still)->qos_policy != before) ::_exit(2);  // parsed once, until reload
+    Result<const Snapshot*> reloaded = reloadAfterFork();
+    if (!reloaded || (*reloaded)->qos_policy != "/etc/dualpath/rank-policy.toml") ::_exit(3);
+    Result<const Snapshot*> now = global();
+    if (!now || *now != *reloaded) ::_exit(4);
+    if ((*still)->qos_policy != before) ::_exit(5);  // an earlier snapshot stays valid
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "2: global() changed without reload; 3: reload missed the new value; "
+         "4: global() does not return the reload; 5: an earlier snapshot changed";
 }
 
 }  // namespace

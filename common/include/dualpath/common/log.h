@@ -2,11 +2,17 @@
 //
 // Callers format with fmt syntax; the formatted line goes to one process-wide
 // sink. The default sink is spdlog on stderr, quiet by default (warnings and
-// errors only; DUALPATH_LOG_LEVEL raises it). Inside NCCL the plugin installs a
-// sink that forwards to NCCL's logger, so NCCL_DEBUG governs our lines there.
+// errors only; DUALPATH_LOG_LEVEL raises it).
+//
+// A ScopedRoute sends the lines its thread writes, while it lives, to another
+// sink at another level. The NCCL plugin routes each of its calls to NCCL's
+// logger this way, so NCCL_DEBUG governs the lines of NCCL's connections while
+// the loader's lines in the same process (the library is shared) stay on
+// spdlog.
 //
 // Threading: logging is thread-safe. setSink()/setLevel() are meant for start-up
 // (they are atomic, but a line racing a sink change may reach either sink).
+// A ScopedRoute affects only its own thread and must end on it.
 // DP_LOG_TRACE compiles out of release (NDEBUG) builds.
 #pragma once
 
@@ -30,12 +36,36 @@ void setSink(Sink sink) noexcept;  // nullptr restores the spdlog sink
 void setLevel(Level level) noexcept;
 Level level() noexcept;
 
+// While alive, this thread's lines at `level` and above go to `sink` only.
+// Routes nest; the innermost one wins.
+class ScopedRoute {
+ public:
+  ScopedRoute(Sink route_sink, Level route_level) noexcept;
+  ~ScopedRoute();
+  ScopedRoute(const ScopedRoute&) = delete;
+  ScopedRoute& operator=(const ScopedRoute&) = delete;
+
+  Sink sink() const noexcept { return sink_; }
+  Level level() const noexcept { return level_; }
+  const ScopedRoute* outer() const noexcept { return outer_; }
+
+ private:
+  const ScopedRoute* outer_;
+  Sink sink_;
+  Level level_;
+};
+
 namespace detail {
 extern std::atomic<Level> g_level;
+// How many ScopedRoutes exist in the process: while none does, enabled()
+// never reads thread-local storage.
+extern std::atomic<int> g_routes;
+bool routedEnabled(Level level) noexcept;
 void emit(Level level, const char* file, int line, std::string_view message) noexcept;
 }  // namespace detail
 
 inline bool enabled(Level l) noexcept {
+  if (detail::g_routes.load(std::memory_order_relaxed) != 0) return detail::routedEnabled(l);
   return l >= detail::g_level.load(std::memory_order_relaxed);
 }
 

@@ -6,8 +6,8 @@
 // name and the expected form, and every later call returns the same error.
 // Values that differ from their default are logged once, at info.
 //
-// Threading: global() is thread-safe (parsed under std::call_once); a Snapshot
-// is immutable. parse() is pure, for tests.
+// Threading: global() and reloadAfterFork() are thread-safe; a Snapshot is
+// immutable and lives until exit. parse() is pure, for tests.
 #pragma once
 
 #include <functional>
@@ -99,5 +99,14 @@ Result<Snapshot> parse(const EnvLookup& lookup);
 
 // The process environment, parsed once. The error, if any, is sticky.
 Result<const Snapshot*> global();
+
+// Parses the environment again; global() returns the result from now on.
+// Only for a process forked to run with another environment (a benchmark's
+// ranks, each with its own policy or network device): fork() copies the
+// parent's snapshot, and this library is shared with the NCCL plugin, so a
+// plugin loaded in the child would otherwise see the parent's parameters.
+// Call it after changing the environment, before any engine exists in the
+// child. Snapshots returned earlier stay valid, with their old values.
+Result<const Snapshot*> reloadAfterFork();
 
 }  // namespace dualpath::params

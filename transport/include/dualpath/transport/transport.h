@@ -1,8 +1,10 @@
 // The transport core: connections, tagged messages and one-sided puts over
 // UCX, with traffic classes from the QoS policy and the link arbiter on every
-// post. The NCCL plugin and the loader's KV relays are meant to share one
-// engine per process; today the plugin carries its own copy of this library
-// (docs/plugin.md, "Not done yet").
+// post. The NCCL plugin and the loader's KV relays share one engine per
+// process: the plugin depends on this shared library rather than carrying a
+// copy, so Engine::shared() in the loader returns the engine, and the
+// arbiters, that NCCL's connections use (docs/plugin.md, "One engine per
+// process").
 //
 // Model (docs/plugin.md, "Transport"):
 //  - One Engine per process. It owns, per (device, traffic class), a UCP
@@ -172,7 +174,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   static Result<std::shared_ptr<Engine>> create(EngineConfig config);
   // The process's engine, from DUALPATH_* parameters and DUALPATH_QOS_POLICY.
   // Created on the first call; later calls return the same engine while
-  // anyone holds it.
+  // anyone holds it. The NCCL plugin uses this one: a loader that should be
+  // arbitrated together with NCCL's collectives must use it too, not create().
   static Result<std::shared_ptr<Engine>> shared();
 
   virtual ~Engine() = default;
