@@ -236,7 +236,8 @@ int runDemo(const DemoOptions& o) {
   fmt::print(
       "2. KV traffic beside the model's collectives: 2 ranks (processes) through the NCCL net "
       "plugin,\n"
-      "   an AllToAll of {} MiB on {} {:.3g} Gbit/s, KV offered at {:.0f}% of the link.\n\n",
+      "   an AllToAll of {} MiB on {} {:.3g} Gbit/s, KV put one-sided on the same NIC at {:.0f}% "
+      "of the link.\n\n",
       row.bytes >> 20,
       io.netns ? "veth links in network namespaces, shaped by tc htb to" : "an emulated NIC of",
       io.link_gbps, io.kv_load * 100);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <dualpath/common/params.h>
+#include <dualpath/transport/transport.h>
 
 #include "collectives.h"
 #include "net_plugin.h"
@@ -28,8 +29,7 @@ using Clock = std::chrono::steady_clock;
 // The classes of every case's policy: trafficClass 0 is `collective`, 1 is `kv`.
 constexpr int kCollectiveClass = 0;
 constexpr int kKvClass = 1;
-// Messages a KV stream keeps in flight each way; the end of a stream is this
-// many zero-byte messages, so that every posted receive is matched.
+// Puts a rank keeps in flight, and the slots of its landing region.
 constexpr std::size_t kKvWindow = 8;
 
 enum class Case { alone, qos_off, qos_on };
@@ -76,55 +76,190 @@ double bytesPerSecond(double gbps) {
   return gbps * 1e9 / 8;
 }
 
+std::byte patternByte(std::uint64_t seed, std::size_t i) {
+  return static_cast<std::byte>((seed * 131 + i * 7 + i / 251) & 0xff);
+}
+
 // ------------------------------------------------------------ KV traffic
 
-// One rank's KV stream: Layer-Block-sized messages to the next rank at the
-// offered rate, and the previous rank's stream received, on the kv mesh.
-// Runs on its own thread while the main thread runs collectives.
-class KvStream {
- public:
-  KvStream(NetPlugin& plugin, NetMesh& mesh, std::size_t message_bytes, double offered_bytes_per_s)
-      : plugin_(plugin), mesh_(mesh), message_bytes_(message_bytes), rate_(offered_bytes_per_s) {}
+// What a rank tells the previous one about its landing region: where it is,
+// then its packed remote key. A fixed size, as allGather wants.
+constexpr std::size_t kKeyRecordBytes = 1024;
+struct KeyRecordHeader {
+  std::uint64_t base;
+  std::uint64_t length;
+  std::uint32_t key_bytes;
+};
 
-  Status start() {
-    DP_TRY_ASSIGN(send_, mesh_.allocate(message_bytes_));
-    DP_TRY_ASSIGN(recv_, mesh_.allocate(message_bytes_ * kKvWindow));
+// The seed of the bytes rank `r` puts, distinct from the collectives' seeds.
+std::uint64_t kvSeed(int rank) {
+  return 1'000'003 + static_cast<std::uint64_t>(rank);
+}
+
+// One rank's KV relay traffic, as the loader's relay moves it: Layer-Block
+// puts into a landing region of the next rank at the offered rate, on the
+// `kv` class of this process's transport engine. That engine is the one the
+// plugin's communicators run on (docs/plugin.md, "One engine per process"),
+// so one arbiter per rank sees the collectives and the KV, as in an inference
+// engine. The puts run on their own thread while the main thread runs
+// collectives; every landed byte is checked at the end of the case.
+class KvPuts {
+ public:
+  // Collective over the ranks: each listens on the kv class, connects to the
+  // next rank and accepts the previous one, registers its landing region of
+  // kKvWindow blocks and hands the previous rank its key. Bounded by the
+  // bootstrap's deadline.
+  static Result<std::unique_ptr<KvPuts>> connect(Bootstrap& bootstrap, std::size_t block_bytes) {
+    auto puts = std::unique_ptr<KvPuts>(new KvPuts(bootstrap, block_bytes));
+    DP_TRY(puts->connectRing());
+    return puts;
+  }
+
+  ~KvPuts() { (void)stop(); }
+
+  Status start(double offered_bytes_per_s) {
+    rate_ = offered_bytes_per_s;
+    stop_.store(false, std::memory_order_release);
     thread_ = std::thread([this] { status_ = run(); });
     return Status::ok();
   }
 
-  // Ends the stream: what was sent by now counts; the rest drains.
+  // Ends the stream: what completed by now counts; the puts in flight finish.
   Status stop() {
     stop_.store(true, std::memory_order_release);
     if (thread_.joinable()) thread_.join();
     return status_;
   }
 
-  // Data bytes the next rank confirmed (sends completed) before stop().
+  // Bytes whose puts completed (visible at the next rank) before stop().
   std::uint64_t bytesDelivered() const { return delivered_at_stop_; }
   double seconds() const { return seconds_; }
 
+  // Collective, after every rank's stop(): the slots the previous rank put
+  // into hold its bytes, and the others are untouched. `corrupt` otherwise,
+  // naming both ranks and the slot.
+  Status checkLanded() {
+    std::array<std::byte, sizeof(std::uint64_t)> mine{};
+    std::memcpy(mine.data(), &total_posted_, sizeof(total_posted_));
+    DP_TRY_ASSIGN(std::vector<std::byte> all, bootstrap_.allGather(mine));
+    std::uint64_t prev_posted = 0;
+    std::memcpy(&prev_posted, all.data() + static_cast<std::size_t>(prev_) * sizeof(std::uint64_t),
+                sizeof(prev_posted));
+    const std::size_t written = static_cast<std::size_t>(
+        std::min<std::uint64_t>(prev_posted, kKvWindow));
+    for (std::size_t slot = 0; slot < kKvWindow; ++slot) {
+      const std::byte* landed = landing_.data() + slot * block_bytes_;
+      for (std::size_t i = 0; i < block_bytes_; ++i) {
+        const std::byte expected = slot < written ? patternByte(kvSeed(prev_), i) : std::byte{0};
+        if (landed[i] != expected) {
+          return Status(StatusCode::corrupt,
+                        fmt::format("kv puts from rank {} to rank {}: slot {} differs at byte {} "
+                                    "({} puts made, {} of {} slots written)",
+                                    prev_, bootstrap_.rank(), slot, i, prev_posted, written,
+                                    kKvWindow));
+        }
+      }
+    }
+    return Status::ok();
+  }
+
  private:
+  KvPuts(Bootstrap& bootstrap, std::size_t block_bytes)
+      : bootstrap_(bootstrap), block_bytes_(block_bytes),
+        next_((bootstrap.rank() + 1) % bootstrap.ranks()),
+        prev_((bootstrap.rank() + bootstrap.ranks() - 1) % bootstrap.ranks()),
+        source_(block_bytes), landing_(block_bytes * kKvWindow) {
+    for (std::size_t i = 0; i < block_bytes_; ++i) source_[i] = patternByte(kvSeed(bootstrap.rank()), i);
+  }
+
+  Status connectRing() {
+    DP_TRY_ASSIGN(engine_, transport::Engine::shared());
+    DP_TRY_ASSIGN(const qos::TrafficClass* kv, engine_->policy().selectByNcclTrafficClass(kKvClass));
+    const auto kv_class = static_cast<std::uint8_t>(engine_->policy().indexOf(*kv));
+
+    transport::ConnectHandle mine{};
+    DP_TRY_ASSIGN(listener_, engine_->listen(kDevice, kv_class, &mine));
+    DP_TRY_ASSIGN(std::vector<std::byte> handles,
+                  bootstrap_.allGather(std::as_bytes(std::span(&mine, 1))));
+    transport::ConnectHandle next_handle{};
+    std::memcpy(&next_handle, handles.data() + static_cast<std::size_t>(next_) * sizeof(next_handle),
+                sizeof(next_handle));
+    DP_TRY_ASSIGN(std::unique_ptr<transport::Connector> connector,
+                  engine_->connect(kDevice, next_handle, kv_class));
+    while (!to_next_ || !from_prev_) {
+      if (Clock::now() > bootstrap_.deadline()) {
+        return Status(StatusCode::timeout,
+                      fmt::format("kv puts: rank {} connecting to rank {} and accepting rank {}",
+                                  bootstrap_.rank(), next_, prev_));
+      }
+      if (!to_next_) DP_TRY(settle(connector->poll(), &to_next_));
+      if (!from_prev_) DP_TRY(settle(listener_->tryAccept(), &from_prev_));
+      std::this_thread::yield();
+    }
+
+    DP_TRY_ASSIGN(landing_region_, from_prev_->registerMemory(landing_.data(), landing_.size()));
+    DP_TRY_ASSIGN(source_region_, to_next_->registerMemory(source_.data(), source_.size()));
+    DP_TRY_ASSIGN(std::vector<std::byte> key, landing_region_->packRemoteKey());
+    if (sizeof(KeyRecordHeader) + key.size() > kKeyRecordBytes) {
+      return Status(StatusCode::internal,
+                    fmt::format("kv puts: a packed remote key of {} B does not fit the {} B record",
+                                key.size(), kKeyRecordBytes));
+    }
+    std::array<std::byte, kKeyRecordBytes> record{};
+    const KeyRecordHeader header{reinterpret_cast<std::uintptr_t>(landing_.data()), landing_.size(),
+                                 static_cast<std::uint32_t>(key.size())};
+    std::memcpy(record.data(), &header, sizeof(header));
+    std::memcpy(record.data() + sizeof(header), key.data(), key.size());
+    DP_TRY_ASSIGN(std::vector<std::byte> records, bootstrap_.allGather(record));
+    const std::byte* theirs = records.data() + static_cast<std::size_t>(next_) * kKeyRecordBytes;
+    KeyRecordHeader next_header{};
+    std::memcpy(&next_header, theirs, sizeof(next_header));
+    DP_TRY_ASSIGN(remote_, to_next_->importRemote(
+                               std::span(theirs + sizeof(next_header), next_header.key_bytes),
+                               next_header.base, next_header.length));
+    return Status::ok();
+  }
+
+  // Keeps an endpoint once ready; `again` is not an error.
+  static Status settle(Result<std::unique_ptr<transport::Endpoint>> polled,
+                       std::unique_ptr<transport::Endpoint>* out) {
+    if (polled.hasValue()) {
+      *out = std::move(polled).value();
+      return Status::ok();
+    }
+    if (polled.status().code() == StatusCode::again) return Status::ok();
+    return std::move(polled).status().withContext("kv puts");
+  }
+
+  // One run: puts at the offered rate until stop, then an end message to the
+  // next rank once they have all completed. The thread ends when the previous
+  // rank's end message has arrived too: until then it keeps this rank's
+  // worker progressing, which lands that rank's puts (over TCP the target
+  // acknowledges them from its worker's progress, as a loader's polling
+  // does).
   Status run() {
-    const int next = (mesh_.rank() + 1) % mesh_.ranks();
-    const int prev = (mesh_.rank() + mesh_.ranks() - 1) % mesh_.ranks();
-    void* send_comm = mesh_.sendComm(next);
-    void* recv_comm = mesh_.recvComm(prev);
-    std::vector<void*> sends;             // in flight
-    std::vector<void*> recvs(kKvWindow);  // one per receive slot
-    std::uint64_t posted = 0;
+    std::vector<transport::Request*> in_flight;
+    in_flight.reserve(kKvWindow);
+    std::uint64_t posted = 0;  // in this run
     std::uint64_t completed_bytes = 0;
-    std::size_t end_markers_posted = 0;
-    std::size_t end_markers_seen = 0;
-    std::size_t recvs_open = 0;
+    const transport::RecvSlot end_slot{&end_received_, sizeof(end_received_), kEndTag};
+    // Nothing else is posted on this endpoint, so a request is free.
+    Result<transport::Request*> end_recv = from_prev_->postRecv(std::span(&end_slot, 1));
+    if (!end_recv.hasValue()) {
+      return std::move(end_recv).status().withContext(
+          fmt::format("kv puts: the end message from rank {}", prev_));
+    }
+    transport::Request* end_from_prev = *end_recv;
+    transport::Request* end_to_next = nullptr;
+    bool end_sent = false;
     const Clock::time_point started = Clock::now();
     Clock::time_point stopped{};
-    const Clock::time_point give_up = started + std::chrono::minutes(5);
     for (;;) {
       const Clock::time_point now = Clock::now();
-      if (now > give_up) {
+      if (now > bootstrap_.deadline()) {
         return Status(StatusCode::timeout,
-                      fmt::format("kv stream of rank {}: not drained after 5 minutes", mesh_.rank()));
+                      fmt::format("kv puts of rank {}: {} still in flight at the deadline",
+                                  bootstrap_.rank(), in_flight.size()));
       }
       const bool stopping = stop_.load(std::memory_order_acquire);
       if (stopping && stopped == Clock::time_point{}) {
@@ -132,85 +267,97 @@ class KvStream {
         delivered_at_stop_ = completed_bytes;
         seconds_ = std::chrono::duration<double>(now - started).count();
       }
-      // Receives: completions (a zero-byte one is an end marker), then as
-      // many posted as messages may still come: every end marker seen is one
-      // receive fewer, so the last marker leaves none unmatched.
-      for (void*& recv : recvs) {
-        if (recv == nullptr) continue;
+      for (auto it = in_flight.begin(); it != in_flight.end();) {
         bool done = false;
-        int size = 0;
-        DP_TRY(plugin_.test(recv, &done, &size));
-        if (!done) continue;
-        recv = nullptr;
-        --recvs_open;
-        if (size == 0) ++end_markers_seen;
-      }
-      for (std::size_t slot = 0; slot < kKvWindow && recvs_open < kKvWindow - end_markers_seen;
-           ++slot) {
-        if (recvs[slot] != nullptr) continue;
-        DP_TRY(plugin_.irecv(recv_comm, recv_.bytes().data() + slot * message_bytes_,
-                             message_bytes_, 0, recv_.recvHandle(prev), &recvs[slot]));
-        if (recvs[slot] == nullptr) break;  // the plugin is full: later
-        ++recvs_open;
-      }
-      // Sends: paced to the offered rate until stop, then the end markers.
-      for (auto it = sends.begin(); it != sends.end();) {
-        bool done = false;
-        int size = 0;
-        DP_TRY(plugin_.test(*it, &done, &size));
+        DP_TRY(transport::test(*it, &done, {}).withContext(
+            fmt::format("kv put from rank {} to rank {}", bootstrap_.rank(), next_)));
         if (done) {
-          completed_bytes += static_cast<std::uint64_t>(size);
-          it = sends.erase(it);
+          completed_bytes += block_bytes_;
+          it = in_flight.erase(it);
         } else {
           ++it;
         }
       }
-      const double allowed =
-          rate_ * std::chrono::duration<double>(now - started).count();
-      while (sends.size() < kKvWindow) {
-        void* request = nullptr;
-        if (!stopping) {
-          if (static_cast<double>((posted + 1) * message_bytes_) > allowed) break;
-          DP_TRY(plugin_.isend(send_comm, send_.bytes().data(), message_bytes_, 0,
-                               send_.sendHandle(next), &request));
-          if (request == nullptr) break;
-          ++posted;
-        } else if (end_markers_posted < kKvWindow) {
-          DP_TRY(plugin_.isend(send_comm, send_.bytes().data(), 0, 0, send_.sendHandle(next),
-                               &request));
-          if (request == nullptr) break;
-          ++end_markers_posted;
-        } else {
-          break;
+      if (end_from_prev != nullptr) {
+        bool done = false;
+        DP_TRY(transport::test(end_from_prev, &done, {}).withContext(
+            fmt::format("kv puts: the end message from rank {}", prev_)));
+        if (done && end_received_ != kEndMarker) {
+          return Status(StatusCode::corrupt,
+                        fmt::format("kv puts: the end message from rank {} is not one", prev_));
         }
-        sends.push_back(request);
+        if (done) end_from_prev = nullptr;
       }
-      if (stopping && end_markers_posted == kKvWindow && sends.empty() &&
-          end_markers_seen == kKvWindow) {
-        return Status::ok();
+      if (end_to_next != nullptr) {
+        bool done = false;
+        DP_TRY(transport::test(end_to_next, &done, {}).withContext(
+            fmt::format("kv puts: the end message to rank {}", next_)));
+        if (done) end_to_next = nullptr;
+      }
+      if (stopping) {
+        if (in_flight.empty() && !end_sent) {
+          Result<transport::Request*> sent =
+              to_next_->postSend(&kEndMarker, sizeof(kEndMarker), kEndTag, nullptr);
+          if (sent.hasValue()) {
+            end_to_next = *sent;
+            end_sent = true;
+          } else if (sent.status().code() != StatusCode::again) {
+            return std::move(sent).status().withContext(
+                fmt::format("kv puts: the end message to rank {}", next_));
+          }
+        }
+        if (end_sent && end_to_next == nullptr && end_from_prev == nullptr) return Status::ok();
+      } else {
+        const double allowed = rate_ * std::chrono::duration<double>(now - started).count();
+        while (in_flight.size() < kKvWindow &&
+               static_cast<double>((posted + 1) * block_bytes_) <= allowed) {
+          const std::size_t slot = static_cast<std::size_t>(total_posted_ % kKvWindow);
+          Result<transport::Request*> put = to_next_->postPut(
+              source_.data(), block_bytes_, source_region_.get(), *remote_, slot * block_bytes_);
+          if (!put.hasValue()) {
+            if (put.status().code() == StatusCode::again) break;  // the arbiter says later
+            return std::move(put).status().withContext(
+                fmt::format("kv put from rank {} to rank {}", bootstrap_.rank(), next_));
+          }
+          in_flight.push_back(*put);
+          ++posted;
+          ++total_posted_;
+        }
       }
       std::this_thread::yield();
     }
   }
 
-  NetPlugin& plugin_;
-  NetMesh& mesh_;
-  std::size_t message_bytes_;
-  double rate_;
-  MeshBuffer send_;
-  MeshBuffer recv_;
+  static constexpr std::size_t kDevice = 0;  // the plugin's device 0, as NetMesh uses
+  static constexpr std::uint32_t kEndTag = 0x4b56;  // "KV"
+  static constexpr std::byte kEndMarker{0x45};
+
+  Bootstrap& bootstrap_;
+  std::size_t block_bytes_;
+  int next_;
+  int prev_;
+  std::vector<std::byte> source_;
+  std::vector<std::byte> landing_;
+  // Declared before what uses them, so destroyed after: regions go before
+  // their endpoints, endpoints before the engine.
+  std::shared_ptr<transport::Engine> engine_;
+  std::unique_ptr<transport::Listener> listener_;
+  std::unique_ptr<transport::Endpoint> to_next_;
+  std::unique_ptr<transport::Endpoint> from_prev_;
+  std::unique_ptr<transport::MemoryRegion> landing_region_;
+  std::unique_ptr<transport::MemoryRegion> source_region_;
+  std::unique_ptr<transport::RemoteRegion> remote_;
+  double rate_ = 0;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   Status status_;
+  std::uint64_t total_posted_ = 0;  // over every run: picks the slot
+  std::byte end_received_{};
   std::uint64_t delivered_at_stop_ = 0;
   double seconds_ = 0;
 };
 
 // ------------------------------------------------------------ one rank
-
-std::byte patternByte(std::uint64_t seed, std::size_t i) {
-  return static_cast<std::byte>((seed * 131 + i * 7 + i / 251) & 0xff);
-}
 
 float contribution(std::size_t r, std::size_t c, std::size_t i) {
   return static_cast<float>((r + 1) * 3 + c * 5 + i % 11);
@@ -358,15 +505,20 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
   DP_TRY(params::reloadAfterFork().status());
   DP_TRY_ASSIGN(auto plugin, NetPlugin::load(o.plugin));
   Json rows = Json::array();
+  std::string policy_used;
   {
     MeshOptions collective_options;
     collective_options.traffic_class = kCollectiveClass;
     DP_TRY_ASSIGN(auto mesh, NetMesh::connect(*plugin, bootstrap, collective_options));
-    std::unique_ptr<NetMesh> kv_mesh;
+    {
+      // The plugin's engine, now that its communicators exist: the policy it
+      // runs is reported, and the launcher checks it is this case's.
+      DP_TRY_ASSIGN(std::shared_ptr<transport::Engine> engine, transport::Engine::shared());
+      policy_used = engine->policy().source_name;
+    }
+    std::unique_ptr<KvPuts> kv;
     if (c != Case::alone) {
-      MeshOptions kv_options;
-      kv_options.traffic_class = kKvClass;
-      DP_TRY_ASSIGN(kv_mesh, NetMesh::connect(*plugin, bootstrap, kv_options));
+      DP_TRY_ASSIGN(kv, KvPuts::connect(bootstrap, o.kv_message_bytes));
     }
     const CollectiveDeadline deadline = bootstrap.deadline();
     for (const std::string& op : o.ops) {
@@ -376,12 +528,7 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
         DP_TRY_ASSIGN(std::uint64_t wrong, run.verify(deadline));
         for (int i = 0; i < o.warmup; ++i) DP_TRY(run.once(deadline));
         DP_TRY_ASSIGN(const int iters, agreeOnIterations(bootstrap, run, o, deadline));
-        std::unique_ptr<KvStream> kv;
-        if (kv_mesh) {
-          kv = std::make_unique<KvStream>(*plugin, *kv_mesh, o.kv_message_bytes,
-                                          o.kv_load * bytesPerSecond(o.link_gbps));
-          DP_TRY(kv->start());
-        }
+        if (kv) DP_TRY(kv->start(o.kv_load * bytesPerSecond(o.link_gbps)));
         DP_TRY(bootstrap.barrier());
         const Clock::time_point started = Clock::now();
         for (int i = 0; i < iters; ++i) DP_TRY(run.once(deadline));
@@ -393,7 +540,7 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
                                ? static_cast<double>(kv->bytesDelivered()) / kv->seconds()
                                : 0;
         }
-        // Both streams have drained before anyone reuses the buffers.
+        // Every rank's puts have finished before anyone reuses the buffers.
         DP_TRY(bootstrap.barrier());
         rows.push_back(Json{{"op", op},
                             {"bytes", bytes},
@@ -407,10 +554,11 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
                                          : 0}});
       }
     }
+    if (kv) DP_TRY(kv->checkLanded());
     // Nobody closes a connection a peer still reads from.
     DP_TRY(bootstrap.barrier());
   }
-  *report = rows.dump();
+  *report = Json{{"policy", policy_used}, {"rows", std::move(rows)}}.dump();
   return Status::ok();
 }
 
@@ -528,12 +676,22 @@ Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& 
         return Status(outcome.status.code(),
                       fmt::format("case '{}': {}", caseName(c), outcome.status.message()));
       }
-      reports.push_back(Json::parse(outcome.report, nullptr, false));
-      if (reports.back().is_discarded() || !reports.back().is_array()) {
+      Json report = Json::parse(outcome.report, nullptr, false);
+      if (report.is_discarded() || !report.is_object() || !report["rows"].is_array() ||
+          !report["policy"].is_string()) {
         return Status(StatusCode::internal,
                       fmt::format("case '{}': rank {} reported '{}'", caseName(c), outcome.rank,
                                   outcome.report));
       }
+      // A rank that inherited the launcher's parameters would run another
+      // policy and the cases would measure the same thing.
+      if (report["policy"].get<std::string>() != path) {
+        return Status(StatusCode::internal,
+                      fmt::format("case '{}': rank {} ran policy '{}', not the case's '{}'",
+                                  caseName(c), outcome.rank, report["policy"].get<std::string>(),
+                                  path));
+      }
+      reports.push_back(std::move(report["rows"]));
     }
     const std::size_t sizes = reports[0].size();
     if (rows.empty()) rows.resize(sizes);

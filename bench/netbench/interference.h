@@ -7,9 +7,11 @@
 //   kv, qos off  KV traffic beside them, both classes at high priority (the
 //                arbiter shares the link evenly: no protection);
 //   kv, qos on   KV traffic on the policy's low-priority `kv` class.
-// KV traffic is each rank sending Layer-Block-sized messages to the next
-// rank at an offered rate, on a second communicator of class `kv` (the
-// plugin's own, so one arbiter per process sees both classes).
+// KV traffic is each rank putting Layer Blocks into a region of the next
+// rank at an offered rate, one-sided, on the `kv` class of the process's
+// transport engine: the engine the plugin's communicators use, so one
+// arbiter per rank sees both classes, as in an inference engine whose loader
+// relays KV beside NCCL. Every landed byte is checked.
 //
 // On loopback the link is never the bottleneck, so every case's policy sets
 // the arbiter's link_rate: each rank's egress is shaped to an emulated NIC of

@@ -18,6 +18,7 @@
 
 #include "interference.h"
 #include "netns.h"
+#include "small_interference.h"
 
 namespace dualpath::bench {
 namespace {
@@ -30,31 +31,15 @@ std::uint64_t classBytes(const std::vector<KernelClassBytes>& classes, const std
   return 0;
 }
 
-InterferenceOptions smallRun(const std::string& work_dir) {
-  InterferenceOptions o;
-  o.ranks = 2;
-  o.ops = {"all_gather"};
-  o.min_bytes = 64 * 1024;
-  o.max_bytes = 64 * 1024;
-  o.iters = 2;
-  o.warmup = 1;
-  o.min_seconds = 0.1;
-  o.link_gbps = 0.2;  // 200 Mbit/s: the kernel's HTB is the bottleneck, not 2 vCPUs
-  o.work_dir = work_dir;
-  o.timeout = std::chrono::seconds(120);
-  o.netns = true;
-  return o;
-}
-
-class NetnsInterferenceTest : public ::testing::Test {
+// 200 Mbit/s: the kernel's HTB is the bottleneck, not 2 vCPUs.
+class NetnsInterferenceTest : public SmallInterferenceTest {
  protected:
-  void SetUp() override {
-    work_dir_ = ::testing::TempDir() + "/netns-interference-" + std::to_string(::getpid());
-    std::filesystem::create_directories(work_dir_);
+  InterferenceOptions netnsRun() const {
+    InterferenceOptions o = smallRun("all_gather");
+    o.link_gbps = 0.2;
+    o.netns = true;
+    return o;
   }
-  void TearDown() override { std::filesystem::remove_all(work_dir_); }
-
-  std::string work_dir_;
 };
 
 TEST_F(NetnsInterferenceTest, KvRidesTheKvClassAndEveryByteArrives) {
@@ -67,7 +52,7 @@ TEST_F(NetnsInterferenceTest, KvRidesTheKvClassAndEveryByteArrives) {
       << netnsAvailable(defaultNetnsScript(), defaultQosBinary()).toString();
 
   NetnsReport netns;
-  Result<std::vector<InterferenceRow>> rows = runInterference(smallRun(work_dir_), &netns);
+  Result<std::vector<InterferenceRow>> rows = runInterference(netnsRun(), &netns);
   ASSERT_TRUE(rows.hasValue()) << rows.status().toString();
   ASSERT_EQ(rows->size(), 1u);
   const InterferenceRow& row = rows->front();
@@ -103,7 +88,7 @@ TEST_F(NetnsInterferenceTest, RefusesSharedMemoryTransports) {
   const char* before = std::getenv("UCX_TLS");
   const std::string saved = before != nullptr ? before : "";
   ::setenv("UCX_TLS", "posix,tcp", 1);
-  Result<std::vector<InterferenceRow>> rows = runInterference(smallRun(work_dir_));
+  Result<std::vector<InterferenceRow>> rows = runInterference(netnsRun());
   if (before != nullptr) {
     ::setenv("UCX_TLS", saved.c_str(), 1);
   } else {
@@ -117,7 +102,7 @@ TEST_F(NetnsInterferenceTest, RefusesSharedMemoryTransports) {
 }
 
 TEST_F(NetnsInterferenceTest, ArbiterShapingNeedsNetns) {
-  InterferenceOptions o = smallRun(work_dir_);
+  InterferenceOptions o = netnsRun();
   o.netns = false;
   o.netns_arbiter_shaping = true;
   Result<std::vector<InterferenceRow>> rows = runInterference(o);

@@ -6,12 +6,17 @@
 // The plugin is loaded by NCCL's name rule, as in plugin_abi_test; this binary
 // links libdualpath_transport.so itself, and the dynamic linker must hand the
 // plugin that same copy.
+#include <unistd.h>
+
 #include <array>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -131,6 +136,63 @@ TEST_F(PluginSharedEngineTest, PluginCallsLogToNcclAndTheProcessKeepsItsSink) {
   EXPECT_THAT(own, Not(Contains(HasSubstr("selects class"))));
   EXPECT_THAT(own, Not(Contains(HasSubstr("trafficClass 7"))));
   EXPECT_EQ(api_.finalize(ctx), abi::success);
+}
+
+// ---------------------------------------------------------------- packaging
+
+// The lines `command` prints; the test fails if it does not exit 0.
+std::vector<std::string> linesOf(const std::string& command) {
+  std::vector<std::string> lines;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) {
+    ADD_FAILURE() << "cannot run: " << command;
+    return lines;
+  }
+  std::array<char, 1024> line{};
+  while (std::fgets(line.data(), line.size(), pipe) != nullptr) {
+    std::string text(line.data());
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    lines.push_back(std::move(text));
+  }
+  EXPECT_EQ(::pclose(pipe), 0) << command;
+  return lines;
+}
+
+// They end up in other people's processes: header-only code instantiated in
+// them (toml++, nlohmann-json, fmt) must not bind to a host's copy.
+TEST(PluginPackagingTest, TheLibrariesBesideThePluginExportOnlyDualPathSymbols) {
+  for (const char* library : {"common", "qos", "transport"}) {
+    const std::vector<std::string> symbols = linesOf(fmt::format(
+        "nm -DC --defined-only {}/lib/libdualpath_{}.so", DUALPATH_BINARY_DIR, library));
+    EXPECT_FALSE(symbols.empty()) << library;
+    for (const std::string& symbol : symbols) {
+      EXPECT_NE(symbol.find("dualpath::"), std::string::npos) << library << " exports " << symbol;
+    }
+  }
+}
+
+// NCCL finds the plugin by name; its own libraries must resolve beside it,
+// wherever build/lib was copied, without LD_LIBRARY_PATH.
+TEST(PluginPackagingTest, ACopyOfTheLibraryDirectoryResolvesOnItsOwn) {
+  const std::filesystem::path copy = ::testing::TempDir() + "/plugin-copy-" + std::to_string(::getpid());
+  std::filesystem::create_directories(copy);
+  for (const auto& entry : std::filesystem::directory_iterator(DUALPATH_BINARY_DIR "/lib")) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("libnccl-net-dualpath.so", 0) == 0 || name.rfind("libdualpath_", 0) == 0) {
+      std::filesystem::copy(entry.path(), copy / name,
+                            std::filesystem::copy_options::copy_symlinks);
+    }
+  }
+  const std::vector<std::string> resolved = linesOf(
+      fmt::format("env -u LD_LIBRARY_PATH ldd {}/libnccl-net-dualpath.so", copy.string()));
+  int ours = 0;
+  for (const std::string& line : resolved) {
+    if (line.find("libdualpath_") == std::string::npos) continue;
+    ++ours;
+    EXPECT_NE(line.find(copy.string() + "/libdualpath_"), std::string::npos) << line;
+  }
+  EXPECT_EQ(ours, 3) << "libdualpath_common, _qos and _transport";
+  std::filesystem::remove_all(copy);
 }
 
 }  // namespace
