@@ -65,3 +65,18 @@ if(DUALPATH_NCCL_INCLUDE_DIR)
 else()
   message(STATUS "NCCL headers: not found (optional)")
 endif()
+find_library(DUALPATH_NCCL_LIBRARY nccl
+             HINTS /usr/local/cuda ENV NCCL_ROOT ENV CUDA_HOME PATH_SUFFIXES lib64 lib
+             DOC "libnccl.so")
+find_package(CUDAToolkit QUIET)
+# Programs that call NCCL and the CUDA runtime from C++ (no nvcc needed):
+# `dualpath-bench interference --nccl`. Not in sanitizer or fuzz builds, whose
+# runtimes CUDA's libraries do not expect.
+if(DUALPATH_NCCL_INCLUDE_DIR AND DUALPATH_NCCL_LIBRARY AND CUDAToolkit_FOUND
+   AND NOT DUALPATH_SANITIZER AND NOT DUALPATH_FUZZ)
+  set(DUALPATH_HAVE_NCCL ON)
+  message(STATUS "NCCL and the CUDA runtime: ${DUALPATH_NCCL_LIBRARY}, CUDA ${CUDAToolkit_VERSION}")
+else()
+  set(DUALPATH_HAVE_NCCL OFF)
+  message(STATUS "NCCL and the CUDA runtime: not used (optional)")
+endif()

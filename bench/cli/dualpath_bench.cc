@@ -71,6 +71,11 @@ std::string linkText(const InterferenceOptions& o) {
                          : "the arbiter's link_rate is off (it still orders the classes)");
 }
 
+const char* collectivesText(const InterferenceOptions& o) {
+  return o.nccl ? "NCCL on GPUs (ncclAllGather, ncclReduceScatter, ncclAlltoAll) over the plugin"
+                : "host memory, moved over the plugin's net API as NCCL's proxy moves them";
+}
+
 std::string kernelText(const std::vector<dualpath::bench::KernelClassBytes>& classes) {
   std::string text;
   for (const auto& k : classes) {
@@ -83,10 +88,13 @@ void printTable(const std::vector<InterferenceRow>& rows, const InterferenceOpti
                 const NetnsReport& netns) {
   std::printf(
       "# dualpath-bench interference: %d ranks (processes) through the NCCL net plugin '%s'\n"
+      "# collectives: %s\n"
       "# link: %s\n"
-      "# kv: %zu-byte messages to the next rank on class 'kv', offered at %.0f%% of the link\n"
+      "# kv: %zu-byte one-sided puts to the next rank on class 'kv' of the plugin's engine, "
+      "offered at %.0f%% of the link\n"
       "# time in us per iteration (slowest rank), bandwidths in GB/s, kv in GB/s per rank\n#\n",
-      o.ranks, o.plugin.c_str(), linkText(o).c_str(), o.kv_message_bytes, o.kv_load * 100);
+      o.ranks, o.plugin.c_str(), collectivesText(o), linkText(o).c_str(), o.kv_message_bytes,
+      o.kv_load * 100);
   std::printf("# %-14s %8s %10s | %9s %7s %6s | %9s %7s %7s %6s | %9s %7s %7s %6s\n", "", "", "",
               "alone", "", "", "kv, qos", "off", "", "", "kv, qos", "on", "", "");
   std::printf("# %-14s %8s %10s | %9s %7s %6s | %9s %7s %7s %6s | %9s %7s %7s %6s\n", "op", "size",
@@ -128,6 +136,7 @@ nlohmann::json toJson(const std::vector<InterferenceRow>& rows, const Interferen
   };
   nlohmann::json out{{"ranks", o.ranks},
                      {"plugin", o.plugin},
+                     {"collectives", collectivesText(o)},
                      {"link", {{"gbit_per_s", o.link_gbps}, {"emulated", !o.netns},
                                {"text", linkText(o)}}},
                      {"kv", {{"offered_fraction", o.kv_load}, {"message_bytes", o.kv_message_bytes}}},
@@ -207,7 +216,7 @@ int main(int argc, char** argv) {
                            "the arbiter's low_max_inflight in every case's policy (e.g. 256KiB; "
                            "default: the policy's default)");
   interference->add_option("--kv-message-bytes", o.kv_message_bytes,
-                           "KV message size (default: a DeepSeek-V3.2 Layer Block)");
+                           "KV put size (default: a DeepSeek-V3.2 Layer Block)");
   interference->add_option("--plugin", o.plugin, "NCCL_NET_PLUGIN's value, or a library path");
   interference->add_flag("--json", json, "one JSON document instead of the table");
   interference->add_flag("--netns", o.netns,
@@ -215,6 +224,9 @@ int main(int argc, char** argv) {
                          "--link-gbps (root; scripts/netns-cluster.sh)");
   interference->add_flag("--netns-arbiter", o.netns_arbiter_shaping,
                          "with --netns, also shape with the arbiter's link_rate");
+  interference->add_flag("--nccl", o.nccl,
+                         "NCCL runs the collectives on this host's GPUs, through the plugin "
+                         "(builds with CUDA and NCCL; GPU machines only)");
 
   dualpath::bench::LoadBenchArgs load_args;
   CLI::App* load = app.add_subcommand(

@@ -15,9 +15,13 @@
 #include <dualpath/common/params.h>
 #include <dualpath/transport/transport.h>
 
+#include "collective_data.h"
 #include "collectives.h"
 #include "net_plugin.h"
 #include "netns.h"
+#if DUALPATH_HAVE_NCCL
+#include "nccl_collectives.h"
+#endif
 #include "rank_launcher.h"
 
 namespace dualpath::bench {
@@ -74,10 +78,6 @@ std::string policyText(Case c, const InterferenceOptions& o) {
 
 double bytesPerSecond(double gbps) {
   return gbps * 1e9 / 8;
-}
-
-std::byte patternByte(std::uint64_t seed, std::size_t i) {
-  return static_cast<std::byte>((seed * 131 + i * 7 + i / 251) & 0xff);
 }
 
 // ------------------------------------------------------------ KV traffic
@@ -359,99 +359,39 @@ class KvPuts {
 
 // ------------------------------------------------------------ one rank
 
-float contribution(std::size_t r, std::size_t c, std::size_t i) {
-  return static_cast<float>((r + 1) * 3 + c * 5 + i % 11);
-}
-
-// One collective at one size on this rank: buffers, a verified run, warmup,
-// the timed iterations (with KV beside them when `kv` is set).
-class SizeRun {
+// One collective at one size on this rank, over the plugin's net API as NCCL
+// moves inter-node data: buffers, a verified run, then timed runs.
+class PluginSizeRun final : public SizeRun {
  public:
-  SizeRun(NetMesh& mesh, const std::string& op, std::size_t bytes)
-      : mesh_(mesh), op_(op), n_(static_cast<std::size_t>(mesh.ranks())),
-        me_(static_cast<std::size_t>(mesh.rank())) {
-    chunk_bytes_ = std::max<std::size_t>(bytes / n_, sizeof(float));
-    chunk_bytes_ -= chunk_bytes_ % sizeof(float);
-  }
+  PluginSizeRun(NetMesh& mesh, const std::string& op, std::size_t bytes)
+      : SizeRun(CollectiveData(op, static_cast<std::size_t>(mesh.ranks()),
+                               static_cast<std::size_t>(mesh.rank()), bytes)),
+        mesh_(mesh) {}
 
-  std::size_t chunkBytes() const { return chunk_bytes_; }
-  std::size_t count() const { return op_ == "reduce_scatter" ? chunk_bytes_ / sizeof(float) : chunk_bytes_; }
-
-  Status prepare() {
-    DP_TRY_ASSIGN(a_, mesh_.allocate(chunk_bytes_ * n_));
-    DP_TRY_ASSIGN(b_, mesh_.allocate(chunk_bytes_ * n_));
-    output_.assign(chunk_bytes_ / sizeof(float), 0);
+  Status prepare() override {
+    DP_TRY_ASSIGN(a_, mesh_.allocate(data().bufferBytes()));
+    DP_TRY_ASSIGN(b_, mesh_.allocate(data().bufferBytes()));
+    output_.assign(data().chunkBytes() / sizeof(float), 0);
     return Status::ok();
   }
 
-  // Fills the inputs, runs once, counts the wrong elements.
-  Result<std::uint64_t> verify(CollectiveDeadline deadline) {
-    fill();
+  Result<std::uint64_t> verify(CollectiveDeadline deadline) override {
+    data().fill(a_.bytes());
     DP_TRY(once(deadline));
-    return wrongElements();
+    return data().wrongElements(a_.bytes(), b_.bytes(), output_);
   }
 
-  Status once(CollectiveDeadline deadline) {
-    if (op_ == "all_gather") return mesh_.allGather(a_, chunk_bytes_, deadline);
-    if (op_ == "reduce_scatter") {
-      return mesh_.reduceScatter(a_, b_, output_, chunk_bytes_ / sizeof(float), deadline);
+  Status once(CollectiveDeadline deadline) override {
+    const std::string& op = data().op();
+    if (op == "all_gather") return mesh_.allGather(a_, data().chunkBytes(), deadline);
+    if (op == "reduce_scatter") {
+      return mesh_.reduceScatter(a_, b_, output_, data().chunkBytes() / sizeof(float), deadline);
     }
-    return mesh_.allToAll(a_, b_, chunk_bytes_, deadline);
+    return mesh_.allToAll(a_, b_, data().chunkBytes(), deadline);
   }
-
-  // Bytes this rank sends in one run.
-  std::size_t bytesSent() const { return chunk_bytes_ * (n_ - 1); }
 
  private:
-  void fill() {
-    if (op_ == "all_gather") {
-      for (std::size_t i = 0; i < chunk_bytes_; ++i) {
-        a_.bytes()[me_ * chunk_bytes_ + i] = patternByte(me_, i);
-      }
-    } else if (op_ == "reduce_scatter") {
-      const std::size_t count = chunk_bytes_ / sizeof(float);
-      std::span<float> in = a_.as<float>();
-      for (std::size_t c = 0; c < n_; ++c) {
-        for (std::size_t i = 0; i < count; ++i) in[c * count + i] = contribution(me_, c, i);
-      }
-    } else {
-      for (std::size_t p = 0; p < n_; ++p) {
-        for (std::size_t i = 0; i < chunk_bytes_; ++i) {
-          a_.bytes()[p * chunk_bytes_ + i] = patternByte(me_ * n_ + p, i);
-        }
-      }
-    }
-  }
-
-  std::uint64_t wrongElements() const {
-    std::uint64_t wrong = 0;
-    if (op_ == "all_gather") {
-      for (std::size_t c = 0; c < n_; ++c) {
-        for (std::size_t i = 0; i < chunk_bytes_; ++i) {
-          wrong += a_.bytes()[c * chunk_bytes_ + i] != patternByte(c, i);
-        }
-      }
-    } else if (op_ == "reduce_scatter") {
-      for (std::size_t i = 0; i < output_.size(); ++i) {
-        float expected = 0;
-        for (std::size_t r = 0; r < n_; ++r) expected += contribution(r, me_, i);
-        wrong += output_[i] != expected;
-      }
-    } else {
-      for (std::size_t q = 0; q < n_; ++q) {
-        for (std::size_t i = 0; i < chunk_bytes_; ++i) {
-          wrong += b_.bytes()[q * chunk_bytes_ + i] != patternByte(q * n_ + me_, i);
-        }
-      }
-    }
-    return wrong;
-  }
-
   NetMesh& mesh_;
-  std::string op_;
-  std::size_t n_;
-  std::size_t me_;
-  std::size_t chunk_bytes_;
   MeshBuffer a_;
   MeshBuffer b_;
   std::vector<float> output_;
@@ -503,13 +443,30 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
   // The parameters this process inherited are the launcher's; the plugin and
   // the transport it shares with us must read this case's policy and device.
   DP_TRY(params::reloadAfterFork().status());
+  // Resolved here, as NCCL would resolve it; with --nccl, NCCL is handed the
+  // very file (and, being the same file, dlopen hands it this same library).
   DP_TRY_ASSIGN(auto plugin, NetPlugin::load(o.plugin));
   Json rows = Json::array();
   std::string policy_used;
   {
-    MeshOptions collective_options;
-    collective_options.traffic_class = kCollectiveClass;
-    DP_TRY_ASSIGN(auto mesh, NetMesh::connect(*plugin, bootstrap, collective_options));
+    std::unique_ptr<NetMesh> mesh;
+#if DUALPATH_HAVE_NCCL
+    std::unique_ptr<NcclCollectives> nccl;
+    if (o.nccl) {
+      DP_TRY_ASSIGN(nccl, NcclCollectives::create(bootstrap, plugin->path(), kCollectiveClass));
+    }
+#endif
+    if (!o.nccl) {
+      MeshOptions collective_options;
+      collective_options.traffic_class = kCollectiveClass;
+      DP_TRY_ASSIGN(mesh, NetMesh::connect(*plugin, bootstrap, collective_options));
+    }
+    auto sizeRun = [&](const std::string& op, std::size_t bytes) -> std::unique_ptr<SizeRun> {
+#if DUALPATH_HAVE_NCCL
+      if (nccl) return nccl->sizeRun(op, bytes);
+#endif
+      return std::make_unique<PluginSizeRun>(*mesh, op, bytes);
+    };
     {
       // The plugin's engine, now that its communicators exist: the policy it
       // runs is reported, and the launcher checks it is this case's.
@@ -523,15 +480,15 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
     const CollectiveDeadline deadline = bootstrap.deadline();
     for (const std::string& op : o.ops) {
       for (std::size_t bytes : sizesOf(o)) {
-        SizeRun run(*mesh, op, bytes);
-        DP_TRY(run.prepare());
-        DP_TRY_ASSIGN(std::uint64_t wrong, run.verify(deadline));
-        for (int i = 0; i < o.warmup; ++i) DP_TRY(run.once(deadline));
-        DP_TRY_ASSIGN(const int iters, agreeOnIterations(bootstrap, run, o, deadline));
+        std::unique_ptr<SizeRun> run = sizeRun(op, bytes);
+        DP_TRY(run->prepare());
+        DP_TRY_ASSIGN(std::uint64_t wrong, run->verify(deadline));
+        for (int i = 0; i < o.warmup; ++i) DP_TRY(run->once(deadline));
+        DP_TRY_ASSIGN(const int iters, agreeOnIterations(bootstrap, *run, o, deadline));
         if (kv) DP_TRY(kv->start(o.kv_load * bytesPerSecond(o.link_gbps)));
         DP_TRY(bootstrap.barrier());
         const Clock::time_point started = Clock::now();
-        for (int i = 0; i < iters; ++i) DP_TRY(run.once(deadline));
+        for (int i = 0; i < iters; ++i) DP_TRY(run->once(deadline));
         const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
         double kv_bytes_per_s = 0;
         if (kv) {
@@ -544,13 +501,14 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
         DP_TRY(bootstrap.barrier());
         rows.push_back(Json{{"op", op},
                             {"bytes", bytes},
-                            {"count", run.count()},
+                            {"count", run->data().count()},
                             {"seconds", seconds},
                             {"iters", iters},
                             {"wrong", wrong},
                             {"kv_bytes_per_s", kv_bytes_per_s},
                             {"collective_bytes_per_s",
-                             seconds > 0 ? static_cast<double>(run.bytesSent()) * iters / seconds
+                             seconds > 0 ? static_cast<double>(run->data().bytesSent()) * iters /
+                                               seconds
                                          : 0}});
       }
     }
@@ -585,6 +543,16 @@ Status validate(const InterferenceOptions& o) {
   }
   if (o.work_dir.empty()) return bad("work_dir: empty");
   if (o.netns_arbiter_shaping && !o.netns) return bad("--netns-arbiter: only with --netns");
+#if !DUALPATH_HAVE_NCCL
+  if (o.nccl) {
+    return bad("--nccl: this build has no NCCL backend (the CUDA toolkit and NCCL were not found "
+               "when it was configured)");
+  }
+#endif
+  if (o.nccl && o.netns) {
+    return bad("--nccl and --netns: NCCL's ranks run on this host's GPUs, not in network "
+               "namespaces; use one or the other");
+  }
   if (o.netns) {
     if (o.link_gbps * 1e6 < 1) return bad(fmt::format("--link-gbps {}: below tc's 1kbit", o.link_gbps));
     // UCX_* passes through to UCX; we only refuse a value that would let the

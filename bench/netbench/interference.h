@@ -53,6 +53,9 @@ struct InterferenceOptions {
   std::size_t kv_message_bytes = 41984;           // a DeepSeek-V3.2 Layer Block
   std::string low_max_inflight;  // the policy's arbiter.low_max_inflight (empty: its default)
   std::string plugin = "dualpath";                // NCCL_NET_PLUGIN's value, or a path
+  // --nccl: NCCL runs the collectives on GPUs, through the plugin
+  // (nccl_collectives.h); only in builds with CUDA and NCCL, and with a GPU.
+  bool nccl = false;
   std::string work_dir;                           // where the cases' policies are written
   std::chrono::seconds timeout{300};
   // --netns: ranks in network namespaces on veth links shaped by tc (root).

@@ -2,6 +2,8 @@
 // KV as one-sided puts through the transport engine that the dlopened plugin
 // shares, every landed byte checked by the ranks, and each case's ranks on
 // that case's policy even when the launcher has parsed its own parameters.
+#include "interference.h"
+
 #include <string>
 #include <vector>
 
@@ -9,7 +11,6 @@
 
 #include <dualpath/common/params.h>
 
-#include "interference.h"
 #include "small_interference.h"
 
 namespace dualpath::bench {
@@ -32,6 +33,43 @@ TEST_F(InterferenceTest, KvPutsLandBesideTheCollectivesInEveryKvCase) {
   EXPECT_EQ(row.alone.kv_gbs, 0);
   EXPECT_GT(row.qos_off.kv_gbs, 0);
   EXPECT_GT(row.qos_on.kv_gbs, 0);
+}
+
+// --nccl: NCCL's own collectives on GPUs. Where there is no GPU (our CI) the
+// ranks must say so; on a GPU machine the same run must deliver every byte.
+TEST_F(InterferenceTest, NcclRunsOnGpusOrSaysWhyNot) {
+  InterferenceOptions o = smallRun("alltoall");
+  o.nccl = true;
+  Result<std::vector<InterferenceRow>> rows = runInterference(o);
+#if DUALPATH_HAVE_NCCL
+  if (rows.hasValue()) {
+    ASSERT_EQ(rows->size(), 1u);
+    EXPECT_EQ(rows->front().alone.wrong + rows->front().qos_on.wrong, 0u);
+    EXPECT_GT(rows->front().qos_on.kv_gbs, 0);
+    return;
+  }
+  EXPECT_NE(rows.status().message().find("rank 0 sees no CUDA device"), std::string::npos)
+      << rows.status().toString();
+#else
+  ASSERT_FALSE(rows.hasValue());
+  EXPECT_EQ(rows.status().message(),
+            "--nccl: this build has no NCCL backend (the CUDA toolkit and NCCL were not found "
+            "when it was configured)");
+#endif
+}
+
+TEST_F(InterferenceTest, NcclAndNetnsTogetherAreRefused) {
+  InterferenceOptions o = smallRun("alltoall");
+  o.nccl = true;
+  o.netns = true;
+  Result<std::vector<InterferenceRow>> rows = runInterference(o);
+  ASSERT_FALSE(rows.hasValue());
+  EXPECT_EQ(rows.status().code(), StatusCode::invalid_argument);
+#if DUALPATH_HAVE_NCCL
+  EXPECT_EQ(rows.status().message(),
+            "--nccl and --netns: NCCL's ranks run on this host's GPUs, not in network namespaces; "
+            "use one or the other");
+#endif
 }
 
 }  // namespace

@@ -6,8 +6,6 @@
 // The plugin is loaded by NCCL's name rule, as in plugin_abi_test; this binary
 // links libdualpath_transport.so itself, and the dynamic linker must hand the
 // plugin that same copy.
-#include <unistd.h>
-
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +17,7 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <dualpath/common/log.h>
 #include <dualpath/transport/transport.h>
@@ -174,7 +173,8 @@ TEST(PluginPackagingTest, TheLibrariesBesideThePluginExportOnlyDualPathSymbols) 
 // NCCL finds the plugin by name; its own libraries must resolve beside it,
 // wherever build/lib was copied, without LD_LIBRARY_PATH.
 TEST(PluginPackagingTest, ACopyOfTheLibraryDirectoryResolvesOnItsOwn) {
-  const std::filesystem::path copy = ::testing::TempDir() + "/plugin-copy-" + std::to_string(::getpid());
+  const std::filesystem::path copy =
+      ::testing::TempDir() + "/plugin-copy-" + std::to_string(::getpid());
   std::filesystem::create_directories(copy);
   for (const auto& entry : std::filesystem::directory_iterator(DUALPATH_BINARY_DIR "/lib")) {
     const std::string name = entry.path().filename().string();
@@ -183,8 +183,8 @@ TEST(PluginPackagingTest, ACopyOfTheLibraryDirectoryResolvesOnItsOwn) {
                             std::filesystem::copy_options::copy_symlinks);
     }
   }
-  const std::vector<std::string> resolved = linesOf(
-      fmt::format("env -u LD_LIBRARY_PATH ldd {}/libnccl-net-dualpath.so", copy.string()));
+  const std::vector<std::string> resolved =
+      linesOf(fmt::format("env -u LD_LIBRARY_PATH ldd {}/libnccl-net-dualpath.so", copy.string()));
   int ours = 0;
   for (const std::string& line : resolved) {
     if (line.find("libdualpath_") == std::string::npos) continue;
