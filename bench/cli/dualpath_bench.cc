@@ -224,6 +224,15 @@ int main(int argc, char** argv) {
                          "--link-gbps (root; scripts/netns-cluster.sh)");
   interference->add_flag("--netns-arbiter", o.netns_arbiter_shaping,
                          "with --netns, also shape with the arbiter's link_rate");
+  interference->add_option("--rendezvous", o.rendezvous,
+                           "HOST:PORT of rank 0: one rank per host, each host running this "
+                           "command with its --rank (rank 0 listens there and prints the report)");
+  interference->add_option("--rank", o.rank, "this host's rank, with --rendezvous");
+  interference
+      ->add_option_function<int>(
+          "--timeout", [&o](int seconds) { o.timeout = std::chrono::seconds(seconds); },
+          "seconds each case may take before its ranks are stopped (default 300)")
+      ->check(CLI::Range(1, 86400));
   interference->add_flag("--nccl", o.nccl,
                          "NCCL runs the collectives on this host's GPUs, through the plugin "
                          "(builds with CUDA and NCCL; GPU machines only)");
@@ -254,7 +263,11 @@ int main(int argc, char** argv) {
       return app.exit(e);
     }
     if (op != "all") o.ops = {op};
-    if (std::getenv("DUALPATH_NET_DEVICES") == nullptr) ::setenv("DUALPATH_NET_DEVICES", "lo", 1);
+    // One host: the ranks talk over loopback. Several: over the NIC the user
+    // names in DUALPATH_NET_DEVICES (docs/bench.md).
+    if (o.rendezvous.empty() && std::getenv("DUALPATH_NET_DEVICES") == nullptr) {
+      ::setenv("DUALPATH_NET_DEVICES", "lo", 1);
+    }
     char scratch[] = "/tmp/dualpath-bench-XXXXXX";
     if (::mkdtemp(scratch) == nullptr) {
       std::fprintf(stderr, "dualpath-bench: mkdtemp: %s\n", std::strerror(errno));
@@ -267,6 +280,19 @@ int main(int argc, char** argv) {
     if (!rows) {
       std::fprintf(stderr, "dualpath-bench interference: %s\n", rows.status().toString().c_str());
       return rows.status().code() == dualpath::StatusCode::invalid_argument ? 2 : 1;
+    }
+    if (!o.rendezvous.empty() && o.rank != 0) {
+      if (json) {
+        std::printf("%s\n", nlohmann::json{{"rank", o.rank}, {"ranks", o.ranks},
+                                           {"report", "printed by rank 0"}}
+                                 .dump()
+                                 .c_str());
+      } else {
+        std::printf("dualpath-bench interference: rank %d of %d ran every case; rank 0 prints "
+                    "the report\n",
+                    o.rank, o.ranks);
+      }
+      return 0;
     }
     if (json) {
       std::printf("%s\n", toJson(*rows, o, netns).dump().c_str());

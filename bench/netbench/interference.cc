@@ -472,6 +472,13 @@ Status runRank(Bootstrap& bootstrap, const InterferenceOptions& o, Case c,
       // runs is reported, and the launcher checks it is this case's.
       DP_TRY_ASSIGN(std::shared_ptr<transport::Engine> engine, transport::Engine::shared());
       policy_used = engine->policy().source_name;
+      // A rank that kept the launcher's parameters would run another policy,
+      // and the cases would measure the same thing.
+      if (policy_used != policy_path) {
+        return Status(StatusCode::internal,
+                      fmt::format("rank {} runs policy '{}', not the case's '{}'",
+                                  bootstrap.rank(), policy_used, policy_path));
+      }
     }
     std::unique_ptr<KvPuts> kv;
     if (c != Case::alone) {
@@ -549,6 +556,16 @@ Status validate(const InterferenceOptions& o) {
                "when it was configured)");
   }
 #endif
+  if (!o.rendezvous.empty()) {
+    DP_TRY(parseRendezvous(o.rendezvous).status());
+    if (o.rank < 0 || o.rank >= o.ranks) {
+      return bad(fmt::format("--rank {}: with --rendezvous, this host's rank, 0 to {}", o.rank,
+                             o.ranks - 1));
+    }
+    if (o.netns) return bad("--rendezvous and --netns: namespaces are one host's; use one");
+  } else if (o.rank >= 0) {
+    return bad(fmt::format("--rank {}: only with --rendezvous", o.rank));
+  }
   if (o.nccl && o.netns) {
     return bad("--nccl and --netns: NCCL's ranks run on this host's GPUs, not in network "
                "namespaces; use one or the other");
@@ -565,6 +582,23 @@ Status validate(const InterferenceOptions& o) {
     }
   }
   return Status::ok();
+}
+
+// What every host of a --rendezvous run must agree on, hashed (FNV-1a): the
+// rank, the timeout and the local paths are left out.
+std::uint64_t sharedOptionsDigest(const InterferenceOptions& o) {
+  std::string ops;
+  for (const std::string& op : o.ops) ops += op + ",";
+  const std::string text = fmt::format(
+      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", o.ranks, ops, o.min_bytes, o.max_bytes, o.factor,
+      o.warmup, o.iters, o.min_seconds, o.link_gbps, o.kv_load, o.kv_message_bytes,
+      o.low_max_inflight, o.nccl);
+  std::uint64_t hash = 14695981039346656037ull;
+  for (unsigned char ch : text) {
+    hash ^= ch;
+    hash *= 1099511628211ull;
+  }
+  return hash;
 }
 
 std::string policyPath(const InterferenceOptions& o, Case c) {
@@ -623,6 +657,17 @@ Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& 
       netns_report->rate = cluster->rate();
     }
   }
+  HostRank host_rank;
+  std::unique_ptr<RendezvousListener> listener;
+  if (!o.rendezvous.empty()) {
+    DP_TRY_ASSIGN(host_rank.rendezvous, parseRendezvous(o.rendezvous));
+    host_rank.rank = o.rank;
+    host_rank.ranks = o.ranks;
+    host_rank.digest = sharedOptionsDigest(o);
+    if (o.rank == 0) {
+      DP_TRY_ASSIGN(listener, RendezvousListener::open(host_rank.rendezvous));
+    }
+  }
   std::vector<InterferenceRow> rows;
   for (Case c : {Case::alone, Case::qos_off, Case::qos_on}) {
     const std::string path = policyPath(o, c);
@@ -631,13 +676,20 @@ Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& 
     if (cluster && c != Case::alone) {
       DP_TRY(cluster->shape(path).withContext(fmt::format("--netns: case '{}'", caseName(c))));
     }
+    const RankBody body = [&](Bootstrap& bootstrap, std::string* report) {
+      return runRank(bootstrap, o, c, path, cluster.get(), report);
+    };
     DP_TRY_ASSIGN(std::vector<RankOutcome> outcomes,
-                  runRanks(
-                      o.ranks,
-                      [&](Bootstrap& bootstrap, std::string* report) {
-                        return runRank(bootstrap, o, c, path, cluster.get(), report);
-                      },
-                      o.timeout));
+                  o.rendezvous.empty()
+                      ? runRanks(o.ranks, body, o.timeout)
+                      : runHostRank(host_rank, listener.get(), body, o.timeout));
+    if (!o.rendezvous.empty() && o.rank != 0) {
+      const Status& mine = outcomes.front().status;
+      if (!mine.isOk()) {
+        return Status(mine.code(), fmt::format("case '{}': {}", caseName(c), mine.message()));
+      }
+      continue;  // rank 0 has the report
+    }
     std::vector<Json> reports;
     for (const RankOutcome& outcome : outcomes) {
       if (!outcome.status.isOk()) {
@@ -650,14 +702,6 @@ Result<std::vector<InterferenceRow>> runInterference(const InterferenceOptions& 
         return Status(StatusCode::internal,
                       fmt::format("case '{}': rank {} reported '{}'", caseName(c), outcome.rank,
                                   outcome.report));
-      }
-      // A rank that inherited the launcher's parameters would run another
-      // policy and the cases would measure the same thing.
-      if (report["policy"].get<std::string>() != path) {
-        return Status(StatusCode::internal,
-                      fmt::format("case '{}': rank {} ran policy '{}', not the case's '{}'",
-                                  caseName(c), outcome.rank, report["policy"].get<std::string>(),
-                                  path));
       }
       reports.push_back(std::move(report["rows"]));
     }

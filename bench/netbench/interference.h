@@ -25,6 +25,11 @@
 // arbiter still orders the classes inside each rank). The kernel's per-class
 // counters of every case are reported, so the classification is proven.
 //
+// With `rendezvous`, each host runs one rank: rank 0's host listens at the
+// rendezvous address and relays the bootstrap, every other host's rank
+// connects to it, and only rank 0 returns rows (the others return none once
+// their rank has done every case).
+//
 // Threading: runInterference forks the ranks; call it before this process
 // starts threads or loads UCX.
 #pragma once
@@ -53,6 +58,11 @@ struct InterferenceOptions {
   std::size_t kv_message_bytes = 41984;           // a DeepSeek-V3.2 Layer Block
   std::string low_max_inflight;  // the policy's arbiter.low_max_inflight (empty: its default)
   std::string plugin = "dualpath";                // NCCL_NET_PLUGIN's value, or a path
+  // --rendezvous HOST:PORT --rank R: one rank per host, every host running
+  // the same command; rank 0 listens there, relays the bootstrap and prints
+  // the report (rank_launcher.h, runHostRank). Empty: every rank forked here.
+  std::string rendezvous;
+  int rank = -1;
   // --nccl: NCCL runs the collectives on GPUs, through the plugin
   // (nccl_collectives.h); only in builds with CUDA and NCCL, and with a GPU.
   bool nccl = false;

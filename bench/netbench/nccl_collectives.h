@@ -3,11 +3,11 @@
 // every byte between ranks through libnccl-net-dualpath.so. The KV puts beside
 // them then share the plugin's engine and arbiter, as in an inference engine.
 //
-// The ranks are the benchmark's forked processes on one host: rank r drives
-// GPU r % (visible GPUs), and each rank gets its own NCCL_HOSTID, so NCCL
-// treats them as separate hosts and moves data through the net plugin (and
-// allows several ranks per GPU). A launcher for ranks on several hosts is not
-// built.
+// Rank r drives GPU r % (visible GPUs), and each rank gets its own
+// NCCL_HOSTID, so NCCL treats the ranks as separate hosts and moves data
+// through the net plugin even when they share a machine (and allows several
+// ranks per GPU). The ranks are the benchmark's: forked on one host, or one
+// per host with --rendezvous.
 //
 // Built only when the CUDA toolkit and NCCL are found at configure time
 // (DUALPATH_HAVE_NCCL); runs only where a GPU is. On our CI machines it is
