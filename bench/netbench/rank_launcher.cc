@@ -10,7 +10,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -374,18 +373,24 @@ Result<int> connectToRankZero(const RendezvousAddress& address, LaunchClock::tim
   }
 }
 
-// Waits for a forked process, bounded; kills it at the deadline.
-int waitBounded(pid_t pid, LaunchClock::time_point deadline, bool* timed_out) {
+// Waits for a forked rank to exit, bounded: its end of the socketpair
+// `fd` closes when it does (nothing more is sent after its report). Killed at
+// the deadline.
+int waitForExit(int fd, pid_t pid, LaunchClock::time_point deadline, bool* timed_out) {
   *timed_out = false;
-  // Through syscall(): Debian 12's <sys/pidfd.h> lacks C++ linkage.
-  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd >= 0) {
-    pollfd pfd{pidfd, POLLIN, 0};
-    if (::poll(&pfd, 1, remainingMs(deadline)) == 0) {
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = ::poll(&pfd, 1, remainingMs(deadline));
+    if (ready == 0) {
       ::kill(pid, SIGKILL);
       *timed_out = true;
+      break;
     }
-    ::close(pidfd);
+    std::byte ignored[256];
+    const ssize_t n = ready > 0 ? ::recv(fd, ignored, sizeof(ignored), 0) : -1;
+    if (n > 0 || (n < 0 && errno == EINTR)) continue;
+    if (n < 0) ::kill(pid, SIGKILL);  // cannot watch it: end it, so the reaping is bounded
+    break;                            // end of file: it exited
   }
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -502,7 +507,7 @@ Result<std::vector<RankOutcome>> runHostRank(const HostRank& me, RendezvousListe
             static_cast<Kind>(std::to_integer<std::uint8_t>(header[0])) == Kind::failure;
       }
     }
-    c.wait_status = waitBounded(c.pid, deadline, &timed_out);
+    c.wait_status = waitForExit(c.fd, c.pid, deadline, &timed_out);
     ::close(c.fd);
     RankOutcome outcome;
     outcome.rank = me.rank;
