@@ -7,7 +7,6 @@ namespace dualpath::log {
 
 namespace detail {
 std::atomic<Level> g_level{Level::warn};
-std::atomic<int> g_routes{0};
 }  // namespace detail
 
 namespace {
@@ -90,17 +89,15 @@ Level level() noexcept {
 ScopedRoute::ScopedRoute(Sink route_sink, Level route_level) noexcept
     : outer_(t_route), sink_(route_sink), level_(route_level) {
   t_route = this;
-  detail::g_routes.fetch_add(1, std::memory_order_relaxed);
 }
 
 ScopedRoute::~ScopedRoute() {
-  detail::g_routes.fetch_sub(1, std::memory_order_relaxed);
   t_route = outer_;
 }
 
 bool detail::routedEnabled(Level level) noexcept {
-  if (const ScopedRoute* route = t_route) return level >= route->level();
-  return level >= g_level.load(std::memory_order_relaxed);
+  const ScopedRoute* route = t_route;
+  return route != nullptr && level >= route->level();
 }
 
 void detail::emit(Level level, const char* file, int line, std::string_view message) noexcept {

@@ -1,6 +1,5 @@
 #include "boundary.h"
 
-#include <algorithm>
 #include <array>
 #include <climits>
 #include <cstring>
@@ -82,12 +81,13 @@ abi::NcclResult toNccl(const Status& status, const char* call) noexcept {
 // call, so the transport's lines about NCCL's connections reach NCCL_DEBUG,
 // while other threads of the process (a loader sharing the transport) keep
 // their own sink. NCCL's logger filters by NCCL_DEBUG; it gets everything down
-// to info, or lower when DUALPATH_LOG_LEVEL asks for it.
+// to info, or lower when DUALPATH_LOG_LEVEL asks for it. On every call of the
+// data path too: a route costs two thread-local writes.
 class NcclLogRoute {
  public:
   NcclLogRoute() noexcept {
     if (g_nccl_logger.load(std::memory_order_acquire) != nullptr) {
-      route_.emplace(&ncclSink, std::min(log::level(), log::Level::info));
+      route_.emplace(&ncclSink, log::Level::info);
     }
   }
 

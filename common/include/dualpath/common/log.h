@@ -36,8 +36,11 @@ void setSink(Sink sink) noexcept;  // nullptr restores the spdlog sink
 void setLevel(Level level) noexcept;
 Level level() noexcept;
 
-// While alive, this thread's lines at `level` and above go to `sink` only.
-// Routes nest; the innermost one wins.
+// While alive, this thread's lines go to `sink` only, and lines down to
+// `level` are written even below the process level (a route lowers the
+// threshold on its thread, never raises it). Routes nest; the innermost one
+// wins. Cheap enough for every call of a hot path: two thread-local writes,
+// no atomic.
 class ScopedRoute {
  public:
   ScopedRoute(Sink route_sink, Level route_level) noexcept;
@@ -57,16 +60,15 @@ class ScopedRoute {
 
 namespace detail {
 extern std::atomic<Level> g_level;
-// How many ScopedRoutes exist in the process: while none does, enabled()
-// never reads thread-local storage.
-extern std::atomic<int> g_routes;
+// Whether this thread's route asks for `level` (false without a route).
 bool routedEnabled(Level level) noexcept;
 void emit(Level level, const char* file, int line, std::string_view message) noexcept;
 }  // namespace detail
 
+// Lines at the process level and above cost one relaxed load; only a line
+// below it looks for this thread's route.
 inline bool enabled(Level l) noexcept {
-  if (detail::g_routes.load(std::memory_order_relaxed) != 0) return detail::routedEnabled(l);
-  return l >= detail::g_level.load(std::memory_order_relaxed);
+  return l >= detail::g_level.load(std::memory_order_relaxed) || detail::routedEnabled(l);
 }
 
 template <class... Args>
