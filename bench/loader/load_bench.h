@@ -31,6 +31,10 @@ struct LoadBenchArgs {
   // every put is an emulated put plus a flush, so fewer, larger puts move
   // more per CPU second. 0: one put per Layer Block.
   std::uint32_t relay_put_kib = 1024;
+  // One emulated GPU's achieved prefill FLOP/s, in 10^12 (pd_cluster's
+  // default): a request's prefill takes the cost model's FLOPs over this,
+  // after its KV has landed, one request at a time per engine.
+  double gpu_tflops = 400;
   double rate_mbps = 200;   // MB/s (10^6 B/s) per node's emulated storage NIC
   double burst_blocks = 1;  // bucket depth, in Full Blocks
   std::uint32_t sessions = 6;
@@ -50,7 +54,7 @@ struct LoadBenchArgs {
 // The command-line options of the bench, bound to `args`.
 void addLoadBenchOptions(CLI::App& app, LoadBenchArgs& args);
 
-// Runs both modes on the trace and prints the report; the process's exit code.
+// Runs the three modes on the trace and prints the report; the process's exit code.
 int runLoadBench(const LoadBenchArgs& args);
 
 }  // namespace dualpath::bench
