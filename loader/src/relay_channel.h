@@ -152,6 +152,8 @@ class Outbox {
   }
 
   bool empty() const noexcept { return queued_.empty() && inflight_.empty(); }
+  // Messages queued or on the wire.
+  std::size_t pending() const noexcept { return queued_.size() + inflight_.size(); }
   // After the endpoint is closed: its requests are gone.
   void drop() noexcept {
     queued_.clear();

@@ -144,6 +144,57 @@ Status expectEnd(const Reader& reader, std::string_view kind) {
   return Status::ok();
 }
 
+// A block's outcome, the body block_failed and store_outcome share: its index
+// in the request, a status code, the text's length, the block id, then (only
+// store_outcome) the payload checksum, then the text.
+struct BlockOutcome {
+  std::uint32_t index = 0;
+  Status status;
+  BlockId block;
+  std::uint64_t checksum = 0;
+};
+
+void writeBlockOutcome(Writer& w, const BlockOutcome& o, bool with_checksum) {
+  const std::string_view text = cutText(o.status.message());
+  w.u32(o.index);
+  w.u8(static_cast<std::uint8_t>(o.status.code()));
+  w.u8(0);
+  w.u16(static_cast<std::uint16_t>(text.size()));
+  w.u64(o.block.hi);
+  w.u64(o.block.lo);
+  if (with_checksum) w.u64(o.checksum);
+  w.text(text);
+}
+
+// `allow_ok`: store_outcome reports successes too; block_failed never does.
+Result<BlockOutcome> readBlockOutcome(Reader& r, std::string_view kind, bool allow_ok,
+                                      bool with_checksum) {
+  BlockOutcome o;
+  DP_TRY_ASSIGN(std::uint64_t index, r.le(4, "block index"));
+  DP_TRY_ASSIGN(std::uint64_t raw_code, r.le(1, "status code"));
+  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(1, "reserved"));
+  DP_TRY_ASSIGN(std::uint64_t text_bytes, r.le(2, "message bytes"));
+  DP_TRY_ASSIGN(o.block.hi, r.le(8, "block id"));
+  DP_TRY_ASSIGN(o.block.lo, r.le(8, "block id"));
+  if (with_checksum) {
+    DP_TRY_ASSIGN(o.checksum, r.le(8, "checksum"));
+  }
+  DP_TRY_ASSIGN(StatusCode code, decodeCode(static_cast<std::uint8_t>(raw_code), allow_ok, kind));
+  if (reserved != 0)
+    return fieldError(kind, "reserved", fmt::format("{:#x}, expected 0", reserved));
+  if (text_bytes > kMaxTextBytes || text_bytes != r.remaining()) {
+    return fieldError(
+        kind, "message bytes",
+        fmt::format("{}, with {} B left (at most {})", text_bytes, r.remaining(), kMaxTextBytes));
+  }
+  DP_TRY_ASSIGN(auto text, r.bytes(text_bytes, "message"));
+  o.index = static_cast<std::uint32_t>(index);
+  o.status = code == StatusCode::ok
+                 ? Status::ok()
+                 : Status(code, std::string(reinterpret_cast<const char*>(text.data()), text.size()));
+  return o;
+}
+
 }  // namespace
 
 std::string_view kindName(MessageKind kind) noexcept {
@@ -164,6 +215,12 @@ std::string_view kindName(MessageKind kind) noexcept {
       return "handoff_ready";
     case MessageKind::handoff_end:
       return "handoff_end";
+    case MessageKind::store_read:
+      return "store_read";
+    case MessageKind::store_write:
+      return "store_write";
+    case MessageKind::store_outcome:
+      return "store_outcome";
   }
   return "unknown";
 }
@@ -203,16 +260,9 @@ void encodeCancel(std::uint64_t request_id, std::vector<std::byte>& out) {
 }
 
 void encode(const BlockFailedMessage& m, std::vector<std::byte>& out) {
-  const std::string_view text = cutText(m.status.message());
   Writer w(out);
   w.header(MessageKind::block_failed, m.request_id);
-  w.u32(m.block_index);
-  w.u8(static_cast<std::uint8_t>(m.status.code()));
-  w.u8(0);
-  w.u16(static_cast<std::uint16_t>(text.size()));
-  w.u64(m.block.hi);
-  w.u64(m.block.lo);
-  w.text(text);
+  writeBlockOutcome(w, {m.block_index, m.status, m.block, 0}, false);
   w.finish();
 }
 
@@ -248,7 +298,7 @@ Result<Header> decodeHeader(std::span<const std::byte> message) {
   h.version = static_cast<std::uint8_t>(version);
   DP_TRY_ASSIGN(std::uint64_t kind, r.le(1, "kind"));
   if (kind < static_cast<std::uint8_t>(MessageKind::request) ||
-      kind > static_cast<std::uint8_t>(MessageKind::handoff_end)) {
+      kind > static_cast<std::uint8_t>(MessageKind::store_outcome)) {
     return Status(StatusCode::corrupt,
                   fmt::format("relay message: kind: {} is not a relay message kind", kind));
   }
@@ -311,26 +361,8 @@ Result<BlockFailedMessage> decodeBlockFailed(std::span<const std::byte> message)
   DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::block_failed));
   constexpr std::string_view kKind = "block_failed";
   Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
-  BlockFailedMessage m;
-  m.request_id = header.request_id;
-  DP_TRY_ASSIGN(std::uint64_t index, r.le(4, "block index"));
-  DP_TRY_ASSIGN(std::uint64_t raw_code, r.le(1, "status code"));
-  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(1, "reserved"));
-  DP_TRY_ASSIGN(std::uint64_t text_bytes, r.le(2, "message bytes"));
-  DP_TRY_ASSIGN(m.block.hi, r.le(8, "block id"));
-  DP_TRY_ASSIGN(m.block.lo, r.le(8, "block id"));
-  DP_TRY_ASSIGN(StatusCode code, decodeCode(static_cast<std::uint8_t>(raw_code), false, kKind));
-  if (reserved != 0)
-    return fieldError(kKind, "reserved", fmt::format("{:#x}, expected 0", reserved));
-  if (text_bytes > kMaxTextBytes || text_bytes != r.remaining()) {
-    return fieldError(
-        kKind, "message bytes",
-        fmt::format("{}, with {} B left (at most {})", text_bytes, r.remaining(), kMaxTextBytes));
-  }
-  DP_TRY_ASSIGN(auto text, r.bytes(text_bytes, "message"));
-  m.block_index = static_cast<std::uint32_t>(index);
-  m.status = Status(code, std::string(reinterpret_cast<const char*>(text.data()), text.size()));
-  return m;
+  DP_TRY_ASSIGN(BlockOutcome o, readBlockOutcome(r, kKind, false, false));
+  return BlockFailedMessage{header.request_id, o.index, o.block, std::move(o.status)};
 }
 
 Result<LayerLandedMessage> decodeLayerLanded(std::span<const std::byte> message) {
@@ -540,6 +572,79 @@ Result<HandoffEndMessage> decodeHandoffEnd(std::span<const std::byte> message) {
     DP_TRY_ASSIGN(checksum, r.le(8, "checksum"));
   }
   return m;
+}
+
+Status encode(const StoreReadMessage& m, std::vector<std::byte>& out) {
+  DP_TRY(checkBlockCount("store read", m.request_id, m.blocks.size()));
+  Writer w(out);
+  w.header(MessageKind::store_read, m.request_id);
+  writeGeometryAndBudget(w, m);
+  w.u32(static_cast<std::uint32_t>(m.blocks.size()));
+  w.u32(0);
+  for (const BlockId& id : m.blocks) {
+    w.u64(id.hi);
+    w.u64(id.lo);
+  }
+  w.finish();
+  return Status::ok();
+}
+
+void encode(const StoreWriteMessage& m, std::vector<std::byte>& out) {
+  Writer w(out);
+  w.header(MessageKind::store_write, m.request_id);
+  writeGeometryAndBudget(w, m);
+  w.u64(m.block.hi);
+  w.u64(m.block.lo);
+  w.u64(m.checksum);
+  w.finish();
+}
+
+void encode(const StoreOutcomeMessage& m, std::vector<std::byte>& out) {
+  Writer w(out);
+  w.header(MessageKind::store_outcome, m.request_id);
+  writeBlockOutcome(w, {m.block_index, m.status, m.block, m.checksum}, true);
+  w.finish();
+}
+
+Result<StoreReadMessage> decodeStoreRead(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::store_read));
+  constexpr std::string_view kKind = "store_read";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  StoreReadMessage m;
+  m.request_id = header.request_id;
+  DP_TRY(readGeometryAndBudget(r, kKind, m));
+  DP_TRY_ASSIGN(std::uint64_t count, r.le(4, "block count"));
+  DP_TRY_ASSIGN(std::uint64_t reserved, r.le(4, "reserved"));
+  if (reserved != 0)
+    return fieldError(kKind, "reserved", fmt::format("{:#x}, expected 0", reserved));
+  DP_TRY_ASSIGN(std::size_t n, readBlockCount(r, count, 16, kKind));
+  m.blocks.resize(n);
+  for (BlockId& id : m.blocks) {
+    DP_TRY_ASSIGN(id.hi, r.le(8, "block id"));
+    DP_TRY_ASSIGN(id.lo, r.le(8, "block id"));
+  }
+  return m;
+}
+
+Result<StoreWriteMessage> decodeStoreWrite(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::store_write));
+  constexpr std::string_view kKind = "store_write";
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  StoreWriteMessage m;
+  m.request_id = header.request_id;
+  DP_TRY(readGeometryAndBudget(r, kKind, m));
+  DP_TRY_ASSIGN(m.block.hi, r.le(8, "block id"));
+  DP_TRY_ASSIGN(m.block.lo, r.le(8, "block id"));
+  DP_TRY_ASSIGN(m.checksum, r.le(8, "checksum"));
+  DP_TRY(expectEnd(r, kKind));
+  return m;
+}
+
+Result<StoreOutcomeMessage> decodeStoreOutcome(std::span<const std::byte> message) {
+  DP_TRY_ASSIGN(Header header, expectKind(message, MessageKind::store_outcome));
+  Reader r(message.subspan(kHeaderBytes), kHeaderBytes);
+  DP_TRY_ASSIGN(BlockOutcome o, readBlockOutcome(r, "store_outcome", true, true));
+  return StoreOutcomeMessage{header.request_id, o.index, o.block, std::move(o.status), o.checksum};
 }
 
 }  // namespace dualpath::loader::relay

@@ -70,6 +70,37 @@
 //       24   8n per block: XXH3-64 (seed 0) of the bytes put, layer by layer
 //                (for a full block, the payload checksum of block_format.h)
 //
+// The remote block store (remote_block_store.h, block_server.h) runs on a
+// connection of its own with the same header and these kinds:
+//
+//   store_read (client -> server): read these blocks; request id = the batch
+//       16    4 layers            \  the model geometry, as in request
+//       20    4 block tokens       |
+//       24    4 KV bytes per token per layer /
+//       28    4 budget ms (0: none; the client closes the connection at its
+//                deadline)
+//       32    4 block count (n, 1 to kMaxRelayBlocks)
+//       36    4 reserved, zero
+//       40  16n block ids (hi, lo)
+//   store_write (client -> server): store this block; its payload follows on
+//   the data tag
+//       16   16 geometry and budget, as in store_read
+//       32   16 block id
+//       48    8 XXH3-64 (seed 0) of the payload
+//   store_outcome (server -> client): one per read of a store_read, in order,
+//   and one per store_write
+//       16    4 block index in the batch (0 for a write)
+//       20    1 status code (ok, or the server store's outcome)
+//       21    1 reserved, zero
+//       22    2 message bytes (m, at most kMaxTextBytes)
+//       24   16 block id
+//       40    8 XXH3-64 of the payload sent on the data tag (ok reads), else 0
+//       48    m message, UTF-8
+//
+// On the data tag the server sends one message per read, in order: the
+// payload (a Full Block) when the read is ok, zero bytes otherwise; the
+// client sends one per store_write, the payload.
+//
 // Threading: pure functions.
 #pragma once
 
@@ -105,12 +136,21 @@ inline constexpr std::size_t kMaxHandoffControlBytes =
     kHandoffOfferFixedBytes + kMaxRelayBlocks * kHandoffOfferBlockBytes;
 inline constexpr std::size_t kMaxHandoffNoticeBytes =
     kHandoffReadyFixedBytes + kMaxRemoteKeyBytes + kMaxRelayBlocks * 8;
+inline constexpr std::size_t kStoreReadFixedBytes = 40;
+inline constexpr std::size_t kMaxStoreReadBytes = kStoreReadFixedBytes + kMaxRelayBlocks * 16;
+inline constexpr std::size_t kStoreWriteBytes = 56;
+inline constexpr std::size_t kStoreOutcomeFixedBytes = 48;
+inline constexpr std::size_t kMaxStoreOutcomeBytes = kStoreOutcomeFixedBytes + kMaxTextBytes;
 
 // Transport tags: each tag is its own ordered stream (the k-th send of a tag
 // meets the k-th receive of that tag), so each direction uses one tag and
 // the relay's order of messages is the order of posting.
 inline constexpr std::uint32_t kControlTag = 0x4b56;  // PE -> DE ("KV")
 inline constexpr std::uint32_t kNoticeTag = 0x4b57;   // DE -> PE
+// The remote block store's streams.
+inline constexpr std::uint32_t kStoreRequestTag = 0x5354;  // client -> server ("ST")
+inline constexpr std::uint32_t kStoreOutcomeTag = 0x5355;  // server -> client
+inline constexpr std::uint32_t kStoreDataTag = 0x5356;     // payloads, either way
 
 enum class MessageKind : std::uint8_t {
   request = 1,
@@ -121,6 +161,9 @@ enum class MessageKind : std::uint8_t {
   handoff_offer = 6,
   handoff_ready = 7,
   handoff_end = 8,
+  store_read = 9,
+  store_write = 10,
+  store_outcome = 11,
 };
 
 struct RequestBlock {
@@ -192,6 +235,33 @@ struct HandoffEndMessage {
   std::vector<std::uint64_t> checksums;
 };
 
+struct StoreReadMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t layers = 0;
+  std::uint32_t block_tokens = 0;
+  std::uint32_t kv_bytes_per_token_per_layer = 0;
+  std::uint32_t budget_ms = 0;
+  std::vector<BlockId> blocks;
+};
+
+struct StoreWriteMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t layers = 0;
+  std::uint32_t block_tokens = 0;
+  std::uint32_t kv_bytes_per_token_per_layer = 0;
+  std::uint32_t budget_ms = 0;
+  BlockId block;
+  std::uint64_t checksum = 0;
+};
+
+struct StoreOutcomeMessage {
+  std::uint64_t request_id = 0;
+  std::uint32_t block_index = 0;
+  BlockId block;
+  Status status;  // ok, or why not
+  std::uint64_t checksum = 0;
+};
+
 // Encoders append to `out` (cleared first). Text longer than kMaxTextBytes is
 // cut. A request with more than kMaxRelayBlocks blocks or a key outside
 // [1, kMaxRemoteKeyBytes] is the caller's bug: invalid_usage.
@@ -204,6 +274,10 @@ void encode(const DoneMessage& message, std::vector<std::byte>& out);
 Status encode(const HandoffOfferMessage& message, std::vector<std::byte>& out);
 Status encode(const HandoffReadyMessage& message, std::vector<std::byte>& out);
 Status encode(const HandoffEndMessage& message, std::vector<std::byte>& out);
+// invalid_usage for a block count outside [1, kMaxRelayBlocks].
+Status encode(const StoreReadMessage& message, std::vector<std::byte>& out);
+void encode(const StoreWriteMessage& message, std::vector<std::byte>& out);
+void encode(const StoreOutcomeMessage& message, std::vector<std::byte>& out);
 
 struct Header {
   std::uint8_t version = 0;
@@ -229,6 +303,9 @@ Result<DoneMessage> decodeDone(std::span<const std::byte> message);
 Result<HandoffOfferMessage> decodeHandoffOffer(std::span<const std::byte> message);
 Result<HandoffReadyMessage> decodeHandoffReady(std::span<const std::byte> message);
 Result<HandoffEndMessage> decodeHandoffEnd(std::span<const std::byte> message);
+Result<StoreReadMessage> decodeStoreRead(std::span<const std::byte> message);
+Result<StoreWriteMessage> decodeStoreWrite(std::span<const std::byte> message);
+Result<StoreOutcomeMessage> decodeStoreOutcome(std::span<const std::byte> message);
 // A cancel: the header alone. Returns its request id.
 Result<std::uint64_t> decodeCancel(std::span<const std::byte> message);
 

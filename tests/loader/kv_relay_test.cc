@@ -965,9 +965,9 @@ TEST(RelayProtocol, MalformedMessagesAreRejectedNamingTheField) {
             "relay message: version: 2, expected 1");
 
   std::vector<std::byte> kind = bytes;
-  kind[1] = std::byte{9};
+  kind[1] = std::byte{12};  // one past the last kind (store_outcome)
   EXPECT_EQ(relay::decodeLayerLanded(kind).status().message(),
-            "relay message: kind: 9 is not a relay message kind");
+            "relay message: kind: 12 is not a relay message kind");
   EXPECT_EQ(relay::decodeDone(bytes).status().message(),
             "relay message: kind: layer_landed, expected done");
 
