@@ -5,9 +5,9 @@
 # QoS policy. `dualpath-bench interference --netns` runs its ranks on it
 # (docs/bench.md, "Over network namespaces").
 #
-#   netns-cluster.sh up    --id ID --nodes N --policy FILE --rate RATE [--qos BIN]
+#   netns-cluster.sh up    --id ID --nodes N --policy FILE --rate RATE [--storage-rate RATE] [--qos BIN]
 #   netns-cluster.sh shape --id ID --policy FILE --rate RATE [--qos BIN]
-#   netns-cluster.sh exec  --id ID --node I -- COMMAND [ARG...]
+#   netns-cluster.sh exec  --id ID --node I|storage -- COMMAND [ARG...]
 #   netns-cluster.sh down  --id ID
 #
 # up     creates namespaces dpns-ID-hub (the bridge dpbr) and dpns-ID-0 ..
@@ -16,15 +16,24 @@
 #        the default MTU, and the rendered tc script on dpnI's egress. An
 #        existing cluster with the same ID is removed first, so `up` can be
 #        repeated. On any failure everything made so far is removed.
+#        With --storage-rate, storage links too: a namespace dpns-ID-storage
+#        whose bridge dpsbr has address 10.215.X.254/24 (where a storage
+#        server listens), and on node I a second veth dpsI (its storage NIC,
+#        10.215.X.(I+1)/24) whose peer dpstI is a port of dpsbr; both ends
+#        shaped by tbf to the storage rate, so node I reads from storage
+#        (dpstI's egress) and writes to it (dpsI's egress) at that rate.
 # shape  renders and applies the policy again on every node (tc's counters
 #        restart from zero).
-# exec   runs COMMAND inside node I's namespace (`ip netns exec`).
+# exec   runs COMMAND inside node I's namespace, or the storage namespace
+#        (`ip netns exec`).
 # down   removes every namespace named dpns-ID-*; nothing else was created.
 #        Succeeds when there is nothing to remove.
 #
 # up and shape print, one per line, for tools to read:
 #   subnet 10.214.X.0/24
 #   node I NAMESPACE DEVICE ADDRESS      (up only)
+#   storage NAMESPACE DEVICE ADDRESS     (up with --storage-rate: the server's side)
+#   storage-link I DEVICE ADDRESS        (up with --storage-rate: node I's storage NIC)
 #   class NAME CLASSID                   (the HTB class of each policy class)
 #
 # RATE is tc's (e.g. 200mbit, 1gbit): the whole link of each node, from which
@@ -66,6 +75,7 @@ id=""
 nodes=""
 policy=""
 rate=""
+storage_rate=""
 qos="$repo/build/bin/dualpath-qos"
 node=""
 while [[ $# -gt 0 ]]; do
@@ -74,6 +84,7 @@ while [[ $# -gt 0 ]]; do
     --nodes) nodes="${2:-}"; shift 2 || usage ;;
     --policy) policy="${2:-}"; shift 2 || usage ;;
     --rate) rate="${2:-}"; shift 2 || usage ;;
+    --storage-rate) storage_rate="${2:-}"; shift 2 || usage ;;
     --qos) qos="${2:-}"; shift 2 || usage ;;
     --node) node="${2:-}"; shift 2 || usage ;;
     --) shift; break ;;
@@ -88,6 +99,8 @@ readonly prefix="dpns-$id-"
 # 10.214.X.0/24: X from the ID, so that two clusters' addresses differ in
 # diagnostics (they could not collide anyway: each lives in its own namespaces).
 readonly subnet="10.214.$(( $(printf '%s' "$id" | cksum | cut -d' ' -f1) % 256 ))"
+readonly storage_subnet="10.215.${subnet##*.}"
+readonly storage_ns="${prefix}storage"
 
 need_tools() {
   [[ $EUID -eq 0 ]] || die "needs root: network namespaces, veth and tc (running as uid $EUID)"
@@ -160,9 +173,70 @@ up() {
     run ip -n "$ns" addr add "$subnet.$(( i + 1 ))/24" dev "dpn$i"
     run ip -n "$ns" link set "dpn$i" up
   done
+  [[ -z "$storage_rate" ]] || storage_links
   shape
   for (( i = 0; i < nodes; i++ )); do
+    wait_running "$prefix$i" "dpn$i"
+    [[ -z "$storage_rate" ]] || wait_running "$prefix$i" "dps$i"
+  done
+  for (( i = 0; i < nodes; i++ )); do
     echo "node $i $prefix$i dpn$i $subnet.$(( i + 1 ))"
+  done
+  if [[ -n "$storage_rate" ]]; then
+    echo "storage $storage_ns dpsbr $storage_subnet.254"
+    for (( i = 0; i < nodes; i++ )); do
+      echo "storage-link $i dps$i $storage_subnet.$(( i + 1 ))"
+    done
+  fi
+}
+
+# Waits (at most 5 s) until DEV in namespace NS is up with a carrier. The
+# kernel reports a new veth's carrier a moment after `link set up` (its link
+# watch runs deferred), and UCX lists only interfaces that are running.
+wait_running() {
+  local ns="$1" dev="$2" tries
+  for (( tries = 0; tries < 50; tries++ )); do
+    [[ "$(ip netns exec "$ns" cat "/sys/class/net/$dev/operstate" 2>/dev/null)" == up ]] && return 0
+    sleep 0.1
+  done
+  die "$dev in $ns is not up with a carrier after 5 s: $(ip -n "$ns" link show dev "$dev" 2>&1)"
+}
+
+# A token bucket on DEV's egress in namespace NS: the storage link's rate. The
+# bucket holds 1 ms at that rate, and at least 64 KiB (a few TCP segments).
+shape_storage_link() {
+  local ns="$1" dev="$2"
+  run ip netns exec "$ns" tc qdisc replace dev "$dev" root tbf rate "$storage_rate" \
+    burst "$storage_burst" latency 100ms
+}
+
+storage_links() {
+  local bits burst i ns
+  # tc's units: kbit, mbit or gbit (what bench::tcRate and people write).
+  [[ "$storage_rate" =~ ^([0-9]+)(kbit|mbit|gbit)$ ]] ||
+    die "--storage-rate '$storage_rate': a rate in kbit, mbit or gbit (e.g. 1600mbit)"
+  case "${BASH_REMATCH[2]}" in
+    kbit) bits=$(( BASH_REMATCH[1] * 1000 )) ;;
+    mbit) bits=$(( BASH_REMATCH[1] * 1000000 )) ;;
+    gbit) bits=$(( BASH_REMATCH[1] * 1000000000 )) ;;
+  esac
+  burst=$(( bits / 8 / 1000 ))
+  (( burst >= 65536 )) || burst=65536
+  storage_burst="${burst}b"
+  run ip netns add "$storage_ns"
+  run ip -n "$storage_ns" link set lo up
+  run ip -n "$storage_ns" link add dpsbr type bridge
+  run ip -n "$storage_ns" addr add "$storage_subnet.254/24" dev dpsbr
+  run ip -n "$storage_ns" link set dpsbr up
+  for (( i = 0; i < nodes; i++ )); do
+    ns="$prefix$i"
+    run ip -n "$storage_ns" link add "dpst$i" type veth peer name "dps$i" netns "$ns"
+    run ip -n "$storage_ns" link set "dpst$i" master dpsbr
+    run ip -n "$storage_ns" link set "dpst$i" up
+    run ip -n "$ns" addr add "$storage_subnet.$(( i + 1 ))/24" dev "dps$i"
+    run ip -n "$ns" link set "dps$i" up
+    shape_storage_link "$storage_ns" "dpst$i"
+    shape_storage_link "$ns" "dps$i"
   done
 }
 
@@ -190,7 +264,7 @@ case "$action" in
     ;;
   exec)
     need_tools
-    [[ "$node" =~ ^[0-9]+$ ]] || die "--node '$node': a node number"
+    [[ "$node" =~ ^([0-9]+|storage)$ ]] || die "--node '$node': a node number, or storage"
     [[ $# -gt 0 ]] || die "exec: no command after --"
     ip netns list | awk '{print $1}' | grep -qx "$prefix$node" ||
       die "namespace $prefix$node does not exist (is cluster '$id' up with more than $node nodes?)"

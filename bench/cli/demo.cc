@@ -80,7 +80,8 @@ void addDemoOptions(CLI::App& app, DemoOptions& o) {
   app.add_option("--engines", o.engines, "prefill engines (PE node) and decode engines (DE node)");
   app.add_option("--sessions", o.sessions, "agent sessions in the cluster's trace");
   app.add_option("--turns", o.turns, "turns per session");
-  app.add_option("--snic-mbps", o.snic_mbps, "each node's emulated storage NIC, MB/s");
+  app.add_option("--snic-mbps", o.snic_mbps,
+                 "each node's storage NIC, MB/s (emulated; with --netns a veth shaped by tc)");
   app.add_option("--link-gbps", o.link_gbps, "the interference case's emulated NIC, Gbit/s");
   app.add_option("--plugin", o.plugin, "NCCL_NET_PLUGIN's value, or a library path");
   app.add_flag("--netns", o.netns,
@@ -123,7 +124,7 @@ int runDemo(const DemoOptions& o) {
   samples::PdClusterNetwork network;
   if (o.netns) {
     bar.step("network namespaces and tc for the cluster");
-    auto made = samples::makePdClusterNetwork(scratch, o.compute_gbps);
+    auto made = samples::makePdClusterNetwork(scratch, o.compute_gbps, o.snic_mbps);
     if (!made) {
       bar.clear();
       fmt::print(stderr, "dualpath-bench demo: --netns: {}\n", made.status().toString());
@@ -208,7 +209,7 @@ int runDemo(const DemoOptions& o) {
   fmt::print(
       "1. A miniature PD cluster: a prefill node and a decode node (processes), {} engines each,\n"
       "   replaying {} agent sessions x {} turns of {} (hit rate {:.1f}%) over shared storage.\n"
-      "   Storage: one directory, read through an {} per node. GPUs: emulated from the model's "
+      "   Storage: one directory; each node's storage NIC: {}. GPUs: emulated from the model's "
       "FLOPs.\n"
       "   KV relay and write-back: {}, class kv. Every load checked byte for byte.\n\n",
       cluster.engines, o.sessions, o.turns, o.model,

@@ -221,12 +221,38 @@ Status NetnsCluster::parseListing(const std::string& listing, bool with_nodes) {
       NetnsNode node;
       words >> node.index >> node.ns >> node.device >> node.address;
       nodes_.push_back(node);
+    } else if (kind == "storage" && with_nodes) {
+      NetnsNode storage;
+      storage.index = -1;
+      words >> storage.ns >> storage.device >> storage.address;
+      storage_ = storage;
+    } else if (kind == "storage-link" && with_nodes) {
+      int index = -1;
+      std::string device, address;
+      words >> index >> device >> address;
+      if (index < 0 || index >= static_cast<int>(nodes_.size())) {
+        return Status(StatusCode::internal,
+                      fmt::format("{}: a storage link for node {} of {}:\n{}", options_.script,
+                                  index, nodes_.size(), listing));
+      }
+      nodes_[static_cast<std::size_t>(index)].storage_device = device;
+      nodes_[static_cast<std::size_t>(index)].storage_address = address;
     }
   }
   if (classes_.empty()) {
     return Status(StatusCode::internal,
                   fmt::format("{}: printed no 'class' line for cluster '{}':\n{}", options_.script,
                               id_, listing));
+  }
+  const bool storage_listed =
+      storage_.has_value() && std::all_of(nodes_.begin(), nodes_.end(), [](const NetnsNode& n) {
+        return !n.storage_device.empty();
+      });
+  if (with_nodes && storage_listed != !options_.storage_rate.empty()) {
+    return Status(StatusCode::internal,
+                  fmt::format("{}: storage links {}listed for cluster '{}' (storage rate '{}'):\n{}",
+                              options_.script, storage_listed ? "" : "not ", id_,
+                              options_.storage_rate, listing));
   }
   if (with_nodes && static_cast<int>(nodes_.size()) != options_.nodes) {
     return Status(StatusCode::internal,
@@ -239,12 +265,16 @@ Status NetnsCluster::parseListing(const std::string& listing, bool with_nodes) {
 Result<std::unique_ptr<NetnsCluster>> NetnsCluster::up(const NetnsOptions& options) {
   DP_TRY(netnsAvailable(options.script, options.qos_binary));
   std::unique_ptr<NetnsCluster> cluster(new NetnsCluster(options, uniqueId()));
-  const std::vector<std::string> argv = {options.script, "up",
-                                         "--id",         cluster->id_,
-                                         "--nodes",      std::to_string(options.nodes),
-                                         "--policy",     options.policy_path,
-                                         "--rate",       options.rate,
-                                         "--qos",        options.qos_binary};
+  std::vector<std::string> argv = {options.script, "up",
+                                   "--id",         cluster->id_,
+                                   "--nodes",      std::to_string(options.nodes),
+                                   "--policy",     options.policy_path,
+                                   "--rate",       options.rate,
+                                   "--qos",        options.qos_binary};
+  if (!options.storage_rate.empty()) {
+    argv.push_back("--storage-rate");
+    argv.push_back(options.storage_rate);
+  }
   // From here on the destructor runs `down`, whatever `up` did.
   cluster->up_ = true;
   DP_TRY_ASSIGN(CommandOutput output, runCommand(argv, options.command_timeout));
@@ -312,6 +342,28 @@ Result<std::vector<KernelClassCounters>> NetnsCluster::classCounters(int index) 
                                            std::stoull(match[2].str())});
   }
   return counters;
+}
+
+Result<std::uint64_t> NetnsCluster::storageLinkBytesToNode(int index) const {
+  if (!storage_ || index < 0 || index >= static_cast<int>(nodes_.size())) {
+    return Status(StatusCode::invalid_usage,
+                  fmt::format("netns cluster '{}': no storage link to node {}", id_, index));
+  }
+  const std::string device = fmt::format("dpst{}", index);  // scripts/netns-cluster.sh
+  const std::vector<std::string> argv = {options_.script, "exec", "--id", id_, "--node",
+                                         "storage", "--", "tc", "-s", "qdisc", "show", "dev",
+                                         device};
+  DP_TRY_ASSIGN(CommandOutput output, runCommand(argv, options_.command_timeout));
+  if (output.exit_code != 0) return scriptFailure(argv, output);
+  // "qdisc tbf 8001: root refcnt 2 rate ...\n Sent 123 bytes 4 pkt (...)"
+  const std::regex pattern("qdisc tbf [^\\n]*\\n\\s*Sent (\\d+) bytes");
+  std::smatch match;
+  if (!std::regex_search(output.out, match, pattern)) {
+    return Status(StatusCode::internal,
+                  fmt::format("{}: no tbf counters on {} in {}:\n{}", commandText(argv), device,
+                              storage_->ns, output.out));
+  }
+  return std::stoull(match[1].str());
 }
 
 Status enterNetnsNode(const NetnsNode& node) {

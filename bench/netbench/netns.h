@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,9 @@ struct NetnsOptions {
   int nodes = 2;
   std::string policy_path;  // the policy whose tc script shapes every node
   std::string rate;         // each node's link, in tc's units ("200mbit")
+  // With a rate (tc's units): storage links too, a storage namespace and on
+  // each node a storage NIC shaped to it (scripts/netns-cluster.sh).
+  std::string storage_rate;
   std::chrono::milliseconds command_timeout{60'000};  // bounds every script run
 };
 
@@ -54,6 +58,10 @@ struct NetnsNode {
   std::string ns;       // network namespace (/run/netns/<ns>)
   std::string device;   // the node's veth, its only link besides lo
   std::string address;  // IPv4 address of `device`
+  // With storage links: the node's storage NIC and its address (for the
+  // storage namespace's entry: its bridge and the server's address).
+  std::string storage_device;
+  std::string storage_address;
 };
 
 // Bytes and packets one HTB class sent on one node's egress (tc -s class show).
@@ -78,6 +86,9 @@ class NetnsCluster {
   const std::string& subnet() const noexcept { return subnet_; }
   const std::string& rate() const noexcept { return options_.rate; }
   const std::vector<NetnsNode>& nodes() const noexcept { return nodes_; }
+  // The storage namespace (device: its bridge; address: where a storage
+  // server listens), or null without storage links. enterNetnsNode() enters it.
+  const NetnsNode* storage() const noexcept { return storage_ ? &*storage_ : nullptr; }
 
   // Renders and applies `policy_path` on every node again (`script shape`);
   // the kernel's class counters restart from zero.
@@ -86,6 +97,11 @@ class NetnsCluster {
   // Every HTB class of the current policy on node `index`, from
   // `tc -s class show`. internal when a class has no counters.
   Result<std::vector<KernelClassCounters>> classCounters(int index) const;
+
+  // Bytes the storage namespace sent to node `index` over its storage link
+  // (the tbf on the link's storage end, `tc -s qdisc show`): what the node
+  // read, plus headers. invalid_usage without storage links.
+  Result<std::uint64_t> storageLinkBytesToNode(int index) const;
 
  private:
   explicit NetnsCluster(NetnsOptions options, std::string id)
@@ -96,6 +112,7 @@ class NetnsCluster {
   std::string id_;
   std::string subnet_;
   std::vector<NetnsNode> nodes_;
+  std::optional<NetnsNode> storage_;
   std::vector<std::pair<std::string, std::string>> classes_;  // (name, classid)
   bool up_ = false;
 };

@@ -9,7 +9,9 @@
 #include <utility>
 #include <vector>
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <sys/socket.h>
 
 #include <dualpath/common/log.h>
 #include <dualpath/loader/block_format.h>
@@ -37,15 +39,34 @@ void setGeometry(Message& m, const ModelSpec& model, std::chrono::milliseconds b
       std::clamp<std::int64_t>(budget.count(), 0, std::numeric_limits<std::uint32_t>::max()));
 }
 
+// "storage server 10.215.3.254:41231": the handle's address and the port of
+// the class the store connects on.
+Result<std::string> serverName(const transport::ConnectHandle& handle, std::uint8_t class_index) {
+  if (ntohl(handle.magic) != transport::kConnectHandleMagic ||
+      class_index >= handle.ports.size()) {
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("remote block store: not a transport handle for class {}",
+                              class_index));
+  }
+  char text[INET6_ADDRSTRLEN] = {};
+  if (inet_ntop(handle.family, handle.address.data(), text, sizeof text) == nullptr) {
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("remote block store: the handle's address family {} is not IP",
+                              handle.family));
+  }
+  return fmt::format("storage server {}:{}", text, ntohs(handle.ports[class_index]));
+}
+
 }  // namespace
 
 struct RemoteBlockStore::Connection {
-  explicit Connection(std::unique_ptr<transport::Endpoint> e) : endpoint(std::move(e)) {}
+  explicit Connection(std::unique_ptr<transport::Connector> c) : connector(std::move(c)) {}
   // The endpoint goes first: its receives and sends use the buffers below.
   ~Connection() { endpoint.reset(); }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
+  std::unique_ptr<transport::Connector> connector;  // until the handshake ends
   std::unique_ptr<transport::Endpoint> endpoint;
   relay::Outbox requests{relay::kStoreRequestTag};
   relay::Inbox outcomes{relay::kStoreOutcomeTag, kOutcomeWindow, relay::kMaxStoreOutcomeBytes};
@@ -70,10 +91,9 @@ struct RemoteBlockStore::Connection {
 };
 
 Result<std::unique_ptr<RemoteBlockStore>> RemoteBlockStore::create(
-    std::unique_ptr<transport::Endpoint> connection, ModelSpec model,
-    RemoteBlockStoreOptions options) {
-  if (!connection) {
-    return Status(StatusCode::invalid_argument, "remote block store: no connection");
+    BlockServerAddress address, ModelSpec model, RemoteBlockStoreOptions options) {
+  if (!address.engine) {
+    return Status(StatusCode::invalid_argument, "remote block store: no transport engine");
   }
   DP_TRY(validateBlockGeometry(model));
   if (options.write_timeout.count() <= 0) {
@@ -81,26 +101,34 @@ Result<std::unique_ptr<RemoteBlockStore>> RemoteBlockStore::create(
                   fmt::format("remote block store: write_timeout {} ms must be positive",
                               options.write_timeout.count()));
   }
-  return std::unique_ptr<RemoteBlockStore>(new RemoteBlockStore(
-      std::make_unique<Connection>(std::move(connection)), std::move(model), options));
+  DP_TRY_ASSIGN(std::string server, serverName(address.handle, address.class_index));
+  return std::unique_ptr<RemoteBlockStore>(
+      new RemoteBlockStore(std::move(address), std::move(model), options, std::move(server)));
 }
 
-RemoteBlockStore::RemoteBlockStore(std::unique_ptr<Connection> connection, ModelSpec model,
-                                   RemoteBlockStoreOptions options)
+RemoteBlockStore::RemoteBlockStore(BlockServerAddress address, ModelSpec model,
+                                   RemoteBlockStoreOptions options, std::string server)
     : BlockStore(std::move(model)),
-      connection_(std::move(connection)),
+      address_(std::move(address)),
       options_(options),
-      server_(fmt::format("storage server {}", connection_->endpoint->peerName())) {}
+      server_(std::move(server)) {}
 
 RemoteBlockStore::~RemoteBlockStore() = default;
 
-bool RemoteBlockStore::doBusy() const { return connection_->batch_active; }
+bool RemoteBlockStore::doBusy() const { return connection_ && connection_->batch_active; }
+
+Status RemoteBlockStore::ensureConnection() {
+  if (connection_) return Status::ok();
+  Result<std::unique_ptr<transport::Connector>> connector =
+      address_.engine->connect(address_.device, address_.handle, address_.class_index);
+  if (!connector) return std::move(connector).status().withContext(server_ + ": connect");
+  connection_ = std::make_unique<Connection>(std::move(connector).value());
+  ++connects_;
+  return Status::ok();
+}
 
 Status RemoteBlockStore::doSubmit(std::span<BlockRead> reads) {
-  if (!broken_.isOk()) {
-    return Status(StatusCode::io, fmt::format("{}: the connection was closed: {}", server_,
-                                              broken_.message()));
-  }
+  DP_TRY(ensureConnection());
   Connection& c = *connection_;
   relay::StoreReadMessage message;
   message.request_id = c.next_request_id++;
@@ -126,6 +154,15 @@ Status RemoteBlockStore::doSubmit(std::span<BlockRead> reads) {
 
 Status RemoteBlockStore::pump(std::span<BlockRead> reads) {
   Connection& c = *connection_;
+  if (!c.endpoint) {
+    Result<std::unique_ptr<transport::Endpoint>> connected = c.connector->poll();
+    if (!connected) {
+      if (connected.status().code() == StatusCode::again) return Status::ok();
+      return std::move(connected).status();
+    }
+    c.endpoint = std::move(connected).value();
+    c.connector.reset();
+  }
   transport::Endpoint& endpoint = *c.endpoint;
   DP_TRY(c.requests.pump(endpoint));
 
@@ -207,28 +244,23 @@ Status RemoteBlockStore::pump(std::span<BlockRead> reads) {
 }
 
 void RemoteBlockStore::breakConnection(Status why, std::span<BlockRead> reads) {
-  Connection& c = *connection_;
-  broken_ = why;
-  // Closing the endpoint is the fence: no late payload lands in a caller's
-  // buffer after this.
-  c.endpoint.reset();
-  c.requests.drop();
-  c.outcomes.drop();
-  c.payloads.clear();
-  if (c.batch_active) {
+  if (connection_ && connection_->batch_active) {
     for (BlockRead& read : reads) {
       if (read.status.code() != StatusCode::again) continue;
       read.status = Status(why.code(), fmt::format("{}: block {}: {}", server_, read.id.toHex(),
                                                    why.message()));
       ++counters_.reads_failed;
     }
-    c.batch_active = false;
   }
+  // Closing the endpoint is the fence: no late payload lands in a caller's
+  // buffer after this. The next submit() or write() connects again.
+  connection_.reset();
   DP_LOG_WARN("remote block store: {}: connection closed: {}", server_, why.toString());
+  last_failure_ = std::move(why);
 }
 
 Result<bool> RemoteBlockStore::doPoll(std::span<BlockRead> reads) {
-  if (!connection_->batch_active) return true;
+  if (!connection_ || !connection_->batch_active) return true;
   if (Status s = pump(reads); !s.isOk()) {
     breakConnection(std::move(s), reads);
     return true;
@@ -263,10 +295,7 @@ Status RemoteBlockStore::write(const BlockId& id, std::span<const std::byte> ful
                               id.toHex(), full_block.size(), model().name,
                               model().fullBlockBytes()));
   }
-  if (!broken_.isOk()) {
-    return Status(StatusCode::io, fmt::format("{}: the connection was closed: {}", server_,
-                                              broken_.message()));
-  }
+  DP_TRY(ensureConnection());
   Connection& c = *connection_;
   const Deadline deadline = Clock::now() + options_.write_timeout;
   relay::StoreWriteMessage message;
@@ -292,8 +321,10 @@ Status RemoteBlockStore::write(const BlockId& id, std::span<const std::byte> ful
   bool payload_sent = false;
   while (!payload_sent || !c.write_outcome) {
     if (Status s = pump(c.batch); !s.isOk()) return fail(std::move(s));
-    if (payload == nullptr) {
-      // After the store_write: the server pairs payloads with writes in order.
+    if (!c.endpoint) {
+      // Still connecting.
+    } else if (payload == nullptr) {
+      // The server pairs payloads with store_writes in order, one each.
       Result<transport::Request*> posted = c.endpoint->postSend(
           full_block.data(), full_block.size(), relay::kStoreDataTag, nullptr);
       if (posted) {

@@ -41,6 +41,7 @@
 #include <dualpath/loader/layer_copy.h>
 #include <dualpath/loader/posix_block_store.h>
 #include <dualpath/loader/prefill_loader.h>
+#include <dualpath/loader/remote_block_store.h>
 #include <dualpath/loader/storage_limiter.h>
 #include <dualpath/qos/policy_loader.h>
 #include <dualpath/scheduler/cost_model.h>
@@ -80,8 +81,9 @@ nlohmann::json PdClusterReport::toJson() const {
           {"generated_tokens", generated_tokens},
           {"tokens_per_s", seconds > 0 ? static_cast<double>(prefill_tokens) / seconds : 0},
           {"storage_nics",
-           {{"emulated", true},
+           {{"emulated", snic_emulated},
             {"description", snic_description},
+            {"storage_server_bytes", storage_server_bytes},
             {"pe_node_bytes", pe_snic_bytes},
             {"de_node_bytes", de_snic_bytes},
             {"pe_node_utilisation", util(pe_snic_bytes)},
@@ -111,6 +113,7 @@ using nlohmann::json;
 
 constexpr int kPeRank = 0;
 constexpr int kDeRank = 1;
+constexpr int kStorageRank = 2;  // with storage links only
 constexpr unsigned kDeEngineShift = 48;
 constexpr std::uint64_t kIndexMask = (std::uint64_t{1} << kDeEngineShift) - 1;
 constexpr std::uint64_t kPoison = 0xdeadbeefcafef00dULL;
@@ -143,6 +146,10 @@ struct Shared {
   std::uint64_t snic_burst_bytes = 0;
   std::size_t pe_slots = 0, relay_slots = 0, handoff_slots = 0;
   int control[2] = {-1, -1};
+  // The network has storage links: the storage directory is served by a
+  // storage process in the storage namespace, and each node reaches it over
+  // its storage NIC (RemoteBlockStore) instead of through an emulated one.
+  bool storage_links = false;
 };
 
 // The decode-filled full blocks of a request: [tokens / B, (tokens + reply) / B).
@@ -178,15 +185,37 @@ Result<transport::DeviceFilter> enterNetwork(const Shared& s, int rank) {
   return transport::DeviceFilter{{node.device}, {}};
 }
 
-Result<std::shared_ptr<transport::Engine>> makeTransport(const Shared& s, int rank,
-                                                         std::uint8_t& kv) {
-  DP_TRY_ASSIGN(transport::DeviceFilter devices, enterNetwork(s, rank));
+// A transport on `devices` with the cluster's policy. `kv` gets the class the
+// node's connections use: on the compute link the kv class; on a storage link
+// (`storage_link`) the policy's default class, which is high priority, so
+// that a Full Block goes as one message rather than in the arbiter's
+// low-priority chunks (each of which waits for the receiver to post the
+// rest), and the arbiter bounds nothing in flight: the storage link carries
+// no collectives to protect, and an in-flight bound would let payloads the
+// storage server sent to one engine, whose thread is busy elsewhere (a write
+// to another store waits for its outcome), hold back every other engine's
+// outcomes behind them.
+Result<std::shared_ptr<transport::Engine>> makeEngine(const Shared& s,
+                                                      transport::DeviceFilter devices,
+                                                      std::uint8_t& kv,
+                                                      bool storage_link = false) {
   Result<qos::Policy> policy = qos::loadPolicyOrError(s.options.policy_path, false);
   if (!policy) return policy.status();
-  const qos::TrafficClass* kv_class = policy->findClass("kv");
+  if (storage_link) {
+    policy->arbiter.max_inflight = 0;
+    policy->arbiter.low_max_inflight = 0;
+  }
+  const qos::TrafficClass* kv_class =
+      storage_link ? &policy->defaultClass() : policy->findClass("kv");
   if (kv_class == nullptr) return Status(StatusCode::internal, "the QoS policy has no kv class");
   kv = static_cast<std::uint8_t>(policy->indexOf(*kv_class));
   return transport::Engine::create({*policy, std::move(devices), 30'000, false});
+}
+
+Result<std::shared_ptr<transport::Engine>> makeTransport(const Shared& s, int rank,
+                                                         std::uint8_t& kv) {
+  DP_TRY_ASSIGN(transport::DeviceFilter devices, enterNetwork(s, rank));
+  return makeEngine(s, std::move(devices), kv);
 }
 
 // A node's end of the control channel, shut down (not merely closed) however
@@ -394,8 +423,12 @@ class ClusterScheduler {
 // Per PE engine two kv connections to the DE node: the relay (2i) and the
 // handoff (2i + 1). The DE node listens and publishes its handles through
 // the bootstrap; the PE node connects.
+// The all-gather of every rank's handles: the DE node's listeners (one per
+// connection) and, with storage links, the storage server's (rank 2's first).
+// Connects the PE and DE nodes; `storage` gets the storage server's handle.
 Result<std::vector<std::unique_ptr<transport::Endpoint>>> connectNodes(
-    Bootstrap& bootstrap, transport::Engine& engine, std::uint8_t kv, std::size_t count) {
+    Bootstrap& bootstrap, transport::Engine& engine, std::uint8_t kv, std::size_t count,
+    transport::ConnectHandle* storage) {
   const bool de = bootstrap.rank() == kDeRank;
   std::vector<transport::ConnectHandle> handles(count);
   std::vector<std::unique_ptr<transport::Listener>> listeners;
@@ -409,6 +442,10 @@ Result<std::vector<std::unique_ptr<transport::Endpoint>>> connectNodes(
   auto gathered = bootstrap.allGather(
       {reinterpret_cast<const std::byte*>(handles.data()), count * sizeof(handles[0])});
   if (!gathered) return context(gathered.status(), "bootstrap");
+  if (bootstrap.ranks() > kStorageRank) {
+    std::memcpy(storage, gathered->data() + kStorageRank * count * sizeof(handles[0]),
+                sizeof(*storage));
+  }
   std::vector<std::unique_ptr<transport::Connector>> connectors;
   if (!de) {
     std::memcpy(handles.data(), gathered->data() + count * sizeof(handles[0]),
@@ -455,13 +492,10 @@ struct PeFigures {
 class PrefillEngine {
  public:
   static Result<std::unique_ptr<PrefillEngine>> create(
-      const Shared& s, std::uint32_t index, StorageRateLimiter& snic,
+      const Shared& s, std::uint32_t index, std::unique_ptr<BlockStore> store,
       std::unique_ptr<transport::Endpoint> relay, std::unique_ptr<transport::Endpoint> handoff) {
     auto e = std::unique_ptr<PrefillEngine>(new PrefillEngine(s, index));
-    auto store = openStore(s);
-    if (!store) return context(store.status(), "PE store");
-    e->store_ = std::move(store).value();
-    e->store_->emulateStorageNic(&snic);
+    e->store_ = std::move(store);
     auto pool = BufferPool::create({.name = fmt::format("pe-buffer-{}", index),
                                     .slot_bytes = s.model.fullBlockBytes(),
                                     .slots = s.pe_slots});
@@ -663,7 +697,7 @@ class PrefillEngine {
 
   const Shared& s_;
   std::uint32_t index_;
-  std::unique_ptr<PosixBlockStore> store_;
+  std::unique_ptr<BlockStore> store_;
   std::unique_ptr<BufferPool> pool_;
   std::unique_ptr<RelayClient> relay_;
   std::unique_ptr<HandoffSender> sender_;
@@ -676,13 +710,37 @@ class PrefillEngine {
 
 // What each node starts from: its end of the control channel (the other end
 // closed), the transport on its network, its 2K connections to the other
-// node (engine i's relay, then its handoff) and its emulated storage NIC.
+// node (engine i's relay, then its handoff) and its storage NIC: emulated,
+// or with storage links a transport on the node's storage device and the
+// storage server's handle.
 struct NodeStart {
   ControlEnd control;
   std::shared_ptr<transport::Engine> net;
   std::vector<std::unique_ptr<transport::Endpoint>> endpoints;
   std::unique_ptr<StorageRateLimiter> snic;
+  std::shared_ptr<transport::Engine> storage_net;
+  std::uint8_t storage_class = 0;
+  transport::ConnectHandle storage_handle{};
+  std::string snic_description;
 };
+
+// One engine's view of the shared storage: the directory behind the node's
+// emulated storage NIC, or a connection to the storage server over the
+// node's storage link.
+Result<std::unique_ptr<BlockStore>> openNodeStore(const Shared& s, NodeStart& node,
+                                                  const std::string& who) {
+  if (!s.storage_links) {
+    auto store = openStore(s);
+    if (!store) return context(store.status(), who + ": store");
+    (*store)->emulateStorageNic(node.snic.get());
+    return std::unique_ptr<BlockStore>(std::move(store).value());
+  }
+  // It connects on its first use.
+  auto store = RemoteBlockStore::create(
+      {node.storage_net, 0, node.storage_handle, node.storage_class}, s.model);
+  if (!store) return context(store.status(), who + ": store");
+  return std::unique_ptr<BlockStore>(std::move(store).value());
+}
 
 Result<NodeStart> startNode(const Shared& s, Bootstrap& bootstrap, int rank) {
   const std::string who = rank == kPeRank ? "PE node" : "DE node";
@@ -691,12 +749,27 @@ Result<NodeStart> startNode(const Shared& s, Bootstrap& bootstrap, int rank) {
   std::uint8_t kv = 0;
   auto net = makeTransport(s, rank, kv);
   if (!net) return context(net.status(), who + ": transport");
-  auto endpoints = connectNodes(bootstrap, **net, kv, 2 * std::size_t{s.options.engines});
+  NodeStart node{std::move(control), std::move(net).value(), {}, {}, {}, 0, {}, {}};
+  auto endpoints = connectNodes(bootstrap, *node.net, kv, 2 * std::size_t{s.options.engines},
+                                &node.storage_handle);
   if (!endpoints) return endpoints.status();
+  node.endpoints = std::move(endpoints).value();
   auto snic = StorageRateLimiter::create(s.snic_bytes_per_s, s.snic_burst_bytes);
   if (!snic) return context(snic.status(), who + ": storage NIC");
-  return NodeStart{std::move(control), std::move(net).value(), std::move(endpoints).value(),
-                   std::move(snic).value()};
+  node.snic = std::move(snic).value();
+  node.snic_description = node.snic->describe();
+  if (s.storage_links) {
+    const bench::NetnsNode& me = s.options.network->nodes()[static_cast<std::size_t>(rank)];
+    auto storage_net =
+        makeEngine(s, transport::DeviceFilter{{me.storage_device}, {}}, node.storage_class, true);
+    if (!storage_net) return context(storage_net.status(), who + ": storage transport");
+    node.storage_net = std::move(storage_net).value();
+    node.snic_description = fmt::format(
+        "a storage link (a veth per node to the storage server's namespace, shaped by tc tbf to "
+        "{:g} MB/s each way)",
+        s.options.snic_mbps);
+  }
+  return node;
 }
 
 Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress& progress,
@@ -705,7 +778,9 @@ Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress&
   const int control = node.control.fd();
   std::vector<std::unique_ptr<PrefillEngine>> engines;
   for (std::uint32_t i = 0; i < s.options.engines; ++i) {
-    auto e = PrefillEngine::create(s, i, *node.snic, std::move(node.endpoints[2 * i]),
+    auto store = openNodeStore(s, node, fmt::format("PE engine {}", i));
+    if (!store) return store.status();
+    auto e = PrefillEngine::create(s, i, std::move(store).value(), std::move(node.endpoints[2 * i]),
                                    std::move(node.endpoints[2 * i + 1]));
     if (!e) return context(e.status(), fmt::format("PE engine {}", i));
     engines.push_back(std::move(e).value());
@@ -790,7 +865,7 @@ Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress&
   }
   *report = json{{"seconds", seconds},
                  {"snic_bytes", snic_bytes},
-                 {"snic", node.snic->describe()},
+                 {"snic", node.snic_description},
                  {"pe_path", figures.pe_path.load()},
                  {"de_path", figures.de_path.load()},
                  {"fallback", figures.fallback.load()},
@@ -808,6 +883,8 @@ Status runPeNode(const Shared& s, Bootstrap& bootstrap, const PdClusterProgress&
   pollfd pfd{control, POLLIN, 0};
   while (Clock::now() < deadline && ::poll(&pfd, 1, 100) == 0) {
   }  // until the DE node's end closed
+  // With storage links: the storage node serves until both nodes are here.
+  if (s.storage_links) PD_TRY(bootstrap.barrier(), "PE node: end barrier");
   return Status::ok();
 }
 
@@ -823,7 +900,7 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
   DP_TRY_ASSIGN(NodeStart node, startNode(s, bootstrap, kDeRank));
   const int control = node.control.fd();
   struct Pair {
-    std::unique_ptr<PosixBlockStore> store;
+    std::unique_ptr<BlockStore> store;
     std::unique_ptr<BufferPool> relay_pool, handoff_pool;
     std::unique_ptr<RelayServer> server;
     std::unique_ptr<HandoffReceiver> receiver;
@@ -831,10 +908,9 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
   std::vector<Pair> pairs(s.options.engines);
   for (std::uint32_t i = 0; i < s.options.engines; ++i) {
     Pair& p = pairs[i];
-    auto store = openStore(s);
-    if (!store) return context(store.status(), "DE store");
+    auto store = openNodeStore(s, node, fmt::format("DE engine {}", i));
+    if (!store) return store.status();
     p.store = std::move(store).value();
-    p.store->emulateStorageNic(node.snic.get());
     auto relay_pool = BufferPool::create({.name = fmt::format("de-relay-buffer-{}", i),
                                           .slot_bytes = s.model.fullBlockBytes(),
                                           .slots = s.relay_slots});
@@ -958,7 +1034,70 @@ Status runDeNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
   }
   // Then this node's connections go, and only then its end of the channel.
   pairs.clear();
+  if (s.storage_links) {
+    // The PE node waits for this end to close before its own end barrier.
+    ::shutdown(control, SHUT_RDWR);
+    PD_TRY(bootstrap.barrier(), "DE node: end barrier");
+  }
   return Status::ok();  // then node.control shuts the channel down, after the transport
+}
+
+// ---- the storage server (with storage links) ----------------------------------
+
+// Serves the storage directory to both nodes' engines from the storage
+// namespace until both nodes have reached their end barrier (or the mode's
+// deadline passes): an engine's store connects on its first use, so the
+// server cannot count its way to the end. Its BlockServer is polled by one
+// thread of its own, since this thread waits in the bootstrap meanwhile.
+Status runStorageNode(const Shared& s, Bootstrap& bootstrap, std::string* report) {
+  const bench::NetnsNode& storage = *s.options.network->storage();
+  PD_TRY(bench::enterNetnsNode(storage), "storage node");
+  ::setenv("UCX_TLS", "tcp", 1);
+  std::uint8_t kv = 0;
+  auto net = makeEngine(s, transport::DeviceFilter{{storage.device}, {}}, kv, true);
+  if (!net) return context(net.status(), "storage node: transport");
+  auto store = openStore(s);
+  if (!store) return context(store.status(), "storage node: store");
+  auto server = BlockServer::create(**net, 0, kv, **store);
+  if (!server) return context(server.status(), "storage node: block server");
+  BlockServer& served = **server;
+
+  const Deadline deadline = Clock::now() + s.options.timeout;
+  std::atomic<bool> nodes_done{false};
+  Status polled = Status::ok();
+  std::thread poller([&] {
+    while (!nodes_done.load(std::memory_order_acquire)) {
+      if (Clock::now() > deadline) {
+        polled = Status(StatusCode::timeout, "the nodes did not end before the mode's deadline");
+        return;
+      }
+      polled = served.poll();
+      if (!polled.isOk()) return;
+      std::this_thread::sleep_for(kPollNap);
+    }
+  });
+  // The all-gather of the nodes' handles (a chunk per rank, as big as theirs:
+  // a handle per connection between the nodes), then the start and end
+  // barriers.
+  std::vector<transport::ConnectHandle> handles(2 * std::size_t{s.options.engines});
+  handles[0] = served.handle();
+  auto gathered = bootstrap.allGather(
+      {reinterpret_cast<const std::byte*>(handles.data()), handles.size() * sizeof(handles[0])});
+  Status synced = gathered ? bootstrap.barrier() : gathered.status();
+  if (synced.isOk()) synced = bootstrap.barrier();
+  nodes_done.store(true, std::memory_order_release);
+  poller.join();
+  PD_TRY(synced, "storage node: bootstrap");
+  PD_TRY(polled, "storage node");
+  const BlockServerCounters c = served.counters();
+  *report = json{{"reads_ok", c.reads_ok},
+                 {"reads_failed", c.reads_failed},
+                 {"writes_ok", c.writes_ok},
+                 {"writes_failed", c.writes_failed},
+                 {"bytes_sent", c.bytes_sent},
+                 {"connections", c.connections}}
+                .dump();
+  return Status::ok();
 }
 
 // The history every session has in storage before its first turn.
@@ -1018,10 +1157,14 @@ PdClusterNetwork::PdClusterNetwork(PdClusterNetwork&&) noexcept = default;
 PdClusterNetwork& PdClusterNetwork::operator=(PdClusterNetwork&&) noexcept = default;
 PdClusterNetwork::~PdClusterNetwork() = default;
 
-Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, double compute_gbps) {
+Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, double compute_gbps,
+                                              double storage_mbps) {
   if (!(compute_gbps * 1e6 >= 1))
     return Status(StatusCode::invalid_argument,
                   fmt::format("pd-cluster: compute link {} Gbit/s: below tc's 1kbit", compute_gbps));
+  if (!(storage_mbps * 8e3 >= 1))
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("pd-cluster: storage link {} MB/s: below tc's 1kbit", storage_mbps));
   PdClusterNetwork network;
   network.policy_path = work_dir + "/pd-cluster-policy.toml";
   {
@@ -1045,6 +1188,7 @@ Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, doubl
   netns.nodes = 2;
   netns.policy_path = network.policy_path;
   netns.rate = bench::tcRate(compute_gbps);
+  netns.storage_rate = bench::tcRate(storage_mbps * 8e-3);
   auto cluster = bench::NetnsCluster::up(netns);
   if (!cluster) return context(cluster.status(), "pd-cluster: network namespaces");
   network.cluster = std::move(cluster).value();
@@ -1073,11 +1217,18 @@ Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode m
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.control) != 0)
     return Status(StatusCode::io, fmt::format("pd-cluster: socketpair: {}", std::strerror(errno)));
 
+  s.storage_links = options.network != nullptr && options.network->storage() != nullptr;
   auto outcomes = bench::runRanks(
-      2,
+      s.storage_links ? 3 : 2,
       [&](Bootstrap& bootstrap, std::string* report) {
-        return bootstrap.rank() == kPeRank ? runPeNode(s, bootstrap, progress, report)
-                                           : runDeNode(s, bootstrap, report);
+        switch (bootstrap.rank()) {
+          case kPeRank:
+            return runPeNode(s, bootstrap, progress, report);
+          case kDeRank:
+            return runDeNode(s, bootstrap, report);
+          default:
+            return runStorageNode(s, bootstrap, report);
+        }
       },
       std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout +
                                                             std::chrono::seconds(30)));
@@ -1087,7 +1238,9 @@ Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode m
   for (const bench::RankOutcome& o : *outcomes) {
     if (!o.status.isOk())
       return context(o.status, fmt::format("pd-cluster {} ({} node)", loadModeName(mode),
-                                           o.rank == kPeRank ? "PE" : "DE"));
+                                           o.rank == kPeRank   ? "PE"
+                                           : o.rank == kDeRank ? "DE"
+                                                               : "storage"));
   }
   const json pe = json::parse((*outcomes)[kPeRank].report, nullptr, false);
   const json de = json::parse((*outcomes)[kDeRank].report, nullptr, false);
@@ -1112,6 +1265,19 @@ Result<PdClusterReport> runPdCluster(const PdClusterOptions& options, LoadMode m
   r.loads_verified = pe.at("verified").get<std::uint64_t>();
   r.snic_bytes_per_s = s.snic_bytes_per_s;
   r.snic_description = pe.at("snic").get<std::string>();
+  r.snic_emulated = !s.storage_links;
+  if (s.storage_links) {
+    const json storage = json::parse((*outcomes)[kStorageRank].report, nullptr, false);
+    if (storage.is_discarded())
+      return Status(StatusCode::internal, "pd-cluster: the storage node's report is not JSON");
+    r.storage_server_bytes = storage.at("bytes_sent").get<std::uint64_t>();
+    // Every byte the nodes read came over a storage link from the server.
+    if (r.storage_server_bytes != r.pe_snic_bytes + r.de_snic_bytes)
+      return Status(StatusCode::internal,
+                    fmt::format("pd-cluster {}: the storage server sent {} B, the nodes read {} B",
+                                loadModeName(mode), r.storage_server_bytes,
+                                r.pe_snic_bytes + r.de_snic_bytes));
+  }
   r.network_description = "UCX over tcp on loopback";
   if (options.network != nullptr) {
     // tc's "4000000kbit" (bench::tcRate) reads better as Gbit/s.

@@ -18,11 +18,13 @@
 // the synthetic KV of its blocks (bench/workload/agentic_trace.h).
 //
 // Emulated (and labelled so in every report): the storage NICs (a token
-// bucket per node on storage reads), the GPUs' compute (prefill time from the
-// model's FLOPs, decode as fixed-time steps), and device memory (host memory).
-// Real: the storage directory and its files, the KV relay and the handoff
-// (UCX through the transport, class `kv`), the processes and the scheduler;
-// with `network`, the compute link too (veth, the kernel's TCP and HTB).
+// bucket per node on storage reads; with a network that has storage links,
+// real veths shaped by tc instead, to a storage process), the GPUs' compute
+// (prefill time from the model's FLOPs, decode as fixed-time steps), and
+// device memory (host memory). Real: the storage directory and its files,
+// the KV relay and the handoff (UCX through the transport, class `kv`), the
+// processes and the scheduler; with `network`, the compute link too (veth,
+// the kernel's TCP and HTB).
 //
 // Threading: runPdCluster forks; call it before this process starts threads
 // or loads UCX. It blocks until both nodes end (bounded by `timeout`).
@@ -91,8 +93,10 @@ struct PdClusterReport {
   std::uint64_t relay_bytes = 0, handoff_bytes = 0;
   std::uint64_t blocks_written_after_prefill = 0, blocks_written_after_decode = 0;
   std::uint64_t loads_verified = 0;  // loads whose device bytes matched their blocks
-  double snic_bytes_per_s = 0;       // the emulated rate of each node
-  std::string snic_description;      // "emulated storage NIC (...)"
+  double snic_bytes_per_s = 0;       // each node's storage NIC rate
+  std::string snic_description;      // "emulated storage NIC (...)", or the storage link
+  bool snic_emulated = true;         // false over storage links (a network with them)
+  std::uint64_t storage_server_bytes = 0;  // over storage links: what the server sent
   std::string network_description;   // the compute link: loopback, or the veth and its rate
   // With a network: bytes each HTB class of the policy sent during the mode,
   // over both nodes' veths, from the kernel (tc -s class show).
@@ -107,7 +111,11 @@ using PdClusterProgress = std::function<void(std::uint64_t done, std::uint64_t t
 // iproute2): the nodes in network namespaces on veth links that the kernel
 // shapes to `compute_gbps` each way with the tc script rendered from the
 // cluster's policy (collectives high priority, KV low on its own TCP port
-// range), which is written to `work_dir`/pd-cluster-policy.toml.
+// range), which is written to `work_dir`/pd-cluster-policy.toml; and storage
+// links: a storage namespace where a storage process serves the storage
+// directory (loader::BlockServer), reached from each node over a second veth
+// (its storage NIC) shaped by tc to `storage_mbps` MB/s each way. Pass the
+// same rate as PdClusterOptions::snic_mbps.
 struct PdClusterNetwork {
   std::unique_ptr<bench::NetnsCluster> cluster;  // removed when this goes
   std::string policy_path;                       // for PdClusterOptions::policy_path
@@ -118,7 +126,8 @@ struct PdClusterNetwork {
 };
 // unsupported naming what this machine lacks (root, ip, tc); io naming the
 // command that failed.
-Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, double compute_gbps);
+Result<PdClusterNetwork> makePdClusterNetwork(const std::string& work_dir, double compute_gbps,
+                                              double storage_mbps);
 
 // Runs one mode on a fresh copy of the sessions' history. invalid_argument
 // for options out of range (naming the option); a node's error, naming the

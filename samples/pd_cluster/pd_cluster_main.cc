@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
   app.add_option("--new-tokens-min", o.trace.new_tokens_min, "new tokens per turn (and reply)");
   app.add_option("--new-tokens-max", o.trace.new_tokens_max, "new tokens per turn (and reply)");
   app.add_option("--seed", o.trace.seed, "trace seed");
-  app.add_option("--snic-mbps", o.snic_mbps, "each node's emulated storage NIC, MB/s");
+  app.add_option("--snic-mbps", o.snic_mbps,
+                 "each node's storage NIC, MB/s (emulated; with --netns a veth shaped by tc)");
   app.add_option("--gpu-tflops", o.gpu_tflops, "one emulated GPU's achieved prefill TFLOP/s");
   app.add_option("--tpot-ms", o.tpot_ms, "one emulated decode step, ms");
   app.add_option("--relay-put-kib", o.relay_put_kib, "the relay's largest put, KiB");
@@ -76,7 +77,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     policy_dir.path = scratch;
-    auto made = dualpath::samples::makePdClusterNetwork(policy_dir.path, compute_gbps);
+    auto made =
+        dualpath::samples::makePdClusterNetwork(policy_dir.path, compute_gbps, o.snic_mbps);
     if (!made) {
       std::fprintf(stderr, "dualpath-pd-cluster: --netns: %s\n", made.status().toString().c_str());
       return made.status().code() == dualpath::StatusCode::invalid_argument ? 2 : 1;

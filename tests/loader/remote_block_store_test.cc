@@ -53,13 +53,23 @@ class RemoteBlockStoreTest : public ::testing::Test {
   void TearDown() override { stopServer(); }
 
   // Starts the server on its own thread (its one driver from then on) and
-  // connects a client store of `model`.
+  // makes a client store of `model`, which connects on its first use.
   std::unique_ptr<RemoteBlockStore> start(const ModelSpec& model = tinyModel()) {
     Result<std::unique_ptr<BlockServer>> server =
         BlockServer::create(*server_engine_, 0, kv_, *stored_);
     EXPECT_TRUE(server.hasValue()) << server.status().toString();
     if (!server) return nullptr;
     server_ = std::move(server).value();
+    driveServer();
+    Result<std::unique_ptr<RemoteBlockStore>> remote = RemoteBlockStore::create(
+        {client_engine_, 0, server_->handle(), kv_}, model,
+        {.write_timeout = std::chrono::seconds(10)});
+    EXPECT_TRUE(remote.hasValue()) << remote.status().toString();
+    return remote ? std::move(remote).value() : nullptr;
+  }
+
+  // Polls the server on its own thread (its one driver) until stopped.
+  void driveServer() {
     serving_ = true;
     server_thread_ = std::thread([this] {
       while (serving_.load(std::memory_order_acquire)) {
@@ -68,23 +78,6 @@ class RemoteBlockStoreTest : public ::testing::Test {
         std::this_thread::yield();
       }
     });
-    Result<std::unique_ptr<transport::Connector>> connector =
-        client_engine_->connect(0, server_->handle(), kv_);
-    EXPECT_TRUE(connector.hasValue()) << connector.status().toString();
-    if (!connector) return nullptr;
-    std::unique_ptr<transport::Endpoint> endpoint;
-    EXPECT_TRUE(dualpath::testing::pollUntil([&] {
-      Result<std::unique_ptr<transport::Endpoint>> polled = (*connector)->poll();
-      if (polled) endpoint = std::move(polled).value();
-      return endpoint != nullptr || polled.status().code() != StatusCode::again;
-    }));
-    EXPECT_TRUE(endpoint) << "not connected";
-    if (!endpoint) return nullptr;
-    Result<std::unique_ptr<RemoteBlockStore>> remote =
-        RemoteBlockStore::create(std::move(endpoint), model, {.write_timeout =
-                                                                  std::chrono::seconds(10)});
-    EXPECT_TRUE(remote.hasValue()) << remote.status().toString();
-    return remote ? std::move(remote).value() : nullptr;
   }
 
   // Stops and destroys the server: its connections close.
@@ -216,14 +209,15 @@ TEST_F(RemoteBlockStoreTest, AServerThatGoesAwayEndsTheBatchAndTheStore) {
         << read.status.toString();
     EXPECT_THAT(read.status.message(), StartsWith(remote->server() + ": block "));
   }
-  EXPECT_FALSE(remote->broken().isOk());
+  EXPECT_FALSE(remote->lastFailure().isOk());
   EXPECT_THAT(capture_.lines(),
               ::testing::Contains(StartsWith(fmt::format(
                   "warn: remote block store: {}: connection closed: ", remote->server()))));
+  // The next batch tries a new connection, which fails the same way, bounded.
   auto next = batchOf({idOf(1)});
-  Status refused = remote->submit(next->batch);
-  EXPECT_EQ(refused.code(), StatusCode::io);
-  EXPECT_THAT(refused.message(), HasSubstr(": the connection was closed: "));
+  ASSERT_TRUE(remote->read(next->batch, later()).isOk());
+  EXPECT_NE(next->batch.reads()[0].status.code(), StatusCode::ok);
+  EXPECT_EQ(remote->connects(), 2u);
 }
 
 TEST_F(RemoteBlockStoreTest, APassedDeadlineEndsEveryReadAndClosesTheConnection) {
@@ -239,7 +233,7 @@ TEST_F(RemoteBlockStoreTest, APassedDeadlineEndsEveryReadAndClosesTheConnection)
     EXPECT_EQ(read.status.message(), fmt::format("{}: block {}: not read before the deadline",
                                                  remote->server(), read.id.toHex()));
   }
-  EXPECT_EQ(remote->broken().code(), StatusCode::timeout);
+  EXPECT_EQ(remote->lastFailure().code(), StatusCode::timeout);
   EXPECT_THAT(capture_.lines(),
               ::testing::Contains(fmt::format("warn: remote block store: {}: connection closed: "
                                               "timeout: a read batch passed its deadline",
@@ -249,6 +243,14 @@ TEST_F(RemoteBlockStoreTest, APassedDeadlineEndsEveryReadAndClosesTheConnection)
   for (std::vector<std::byte>& buffer : reads->buffers) std::fill(buffer.begin(), buffer.end(), std::byte{0});
   for (int i = 0; i < 50; ++i) ASSERT_TRUE(server_->poll().isOk());
   for (const std::vector<std::byte>& buffer : reads->buffers) EXPECT_EQ(buffer, zeros);
+
+  // The store is usable afterwards: the same batch, with the server driven
+  // again, reads every block over a new connection.
+  driveServer();
+  ASSERT_TRUE(remote->read(reads->batch, later()).isOk());
+  EXPECT_EQ(reads->batch.failures(), 0u);
+  EXPECT_EQ(reads->buffers[0], blocks_[1]);
+  EXPECT_EQ(remote->connects(), 2u);
 }
 
 // The wire messages (relay_protocol.h): what is encoded decodes the same, and

@@ -9,9 +9,11 @@
 #include <filesystem>
 #include <string>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include "netns.h"
 #include "pd_cluster.h"
 
 namespace dualpath::samples {
@@ -84,7 +86,7 @@ TEST_F(PdClusterTest, OverNetworkNamespacesKvRidesTheKernelsKvClass) {
   if (std::system("command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1") != 0) {
     GTEST_SKIP() << "needs iproute2 (ip, tc)";
   }
-  auto network = makePdClusterNetwork(work_dir_, 2.0);
+  auto network = makePdClusterNetwork(work_dir_, 2.0, options_.snic_mbps);
   ASSERT_TRUE(network.hasValue()) << network.status().toString();
   options_.network = network->cluster.get();
   options_.policy_path = network->policy_path;
@@ -95,6 +97,22 @@ TEST_F(PdClusterTest, OverNetworkNamespacesKvRidesTheKernelsKvClass) {
   EXPECT_EQ(dual->network_description,
             "UCX over tcp on veth links in network namespaces, shaped by tc htb to 2 Gbit/s per "
             "node");
+  // Storage came over the storage links, from the storage server: what it
+  // sent is what the nodes read (runPdCluster checks the two agree), and the
+  // kernel saw at least those bytes leave the storage namespace per node.
+  EXPECT_FALSE(dual->snic_emulated);
+  EXPECT_EQ(dual->snic_description,
+            "a storage link (a veth per node to the storage server's namespace, shaped by tc tbf "
+            "to 50 MB/s each way)");
+  EXPECT_GT(dual->pe_snic_bytes, 0u);
+  EXPECT_GT(dual->de_snic_bytes, 0u);
+  EXPECT_EQ(dual->storage_server_bytes, dual->pe_snic_bytes + dual->de_snic_bytes);
+  auto to_pe = network->cluster->storageLinkBytesToNode(0);
+  auto to_de = network->cluster->storageLinkBytesToNode(1);
+  ASSERT_TRUE(to_pe.hasValue()) << to_pe.status().toString();
+  ASSERT_TRUE(to_de.hasValue()) << to_de.status().toString();
+  EXPECT_GE(*to_pe, dual->pe_snic_bytes);
+  EXPECT_GE(*to_de, dual->de_snic_bytes);
   // The relay's puts and the handoff crossed the veths on the kv class (plus
   // TCP/IP and UCX headers, so at least as many bytes).
   std::uint64_t kv = 0;

@@ -29,8 +29,9 @@
 //    transport's DUALPATH_NET_TIMEOUT_MS. A batch that ends with reads still
 //    on the wire (its deadline passed, or the connection failed) closes the
 //    connection, the only fence that keeps late payloads out of the caller's
-//    buffers; the store then fails every later call with `io` naming why.
-//    Open a new store to reconnect.
+//    buffers. The store connects lazily, on its first submit() or write(),
+//    and again on the first one after a connection was closed, so it stays
+//    usable after a timeout and across a server's restart.
 //
 // The connection's class: a write() holds its thread until the outcome
 // arrives, so a thread that drives several stores stops pumping the others
@@ -63,28 +64,44 @@ struct RemoteBlockStoreOptions {
   std::chrono::milliseconds write_timeout{30'000};
 };
 
+// Where a BlockServer listens, as a client reaches it: the client's engine
+// and device (on a node with a storage NIC, that NIC), the server's handle,
+// and the traffic class to connect on.
+struct BlockServerAddress {
+  std::shared_ptr<transport::Engine> engine;
+  std::size_t device = 0;
+  transport::ConnectHandle handle{};
+  std::uint8_t class_index = 0;
+};
+
 class RemoteBlockStore final : public BlockStore {
  public:
-  // Takes a connection to a BlockServer (any traffic class; on a node with a
-  // storage NIC, a connection on that NIC). The model must be the server
-  // store's: the server refuses requests of another geometry, naming both.
-  static Result<std::unique_ptr<RemoteBlockStore>> create(
-      std::unique_ptr<transport::Endpoint> connection, ModelSpec model,
-      RemoteBlockStoreOptions options = {});
+  // A store of `model` on the server at `address`; nothing is connected yet.
+  // The model must be the server store's: the server refuses requests of
+  // another geometry, naming both. invalid_argument for a bad geometry, no
+  // engine, or a handle that is not a transport handle.
+  static Result<std::unique_ptr<RemoteBlockStore>> create(BlockServerAddress address,
+                                                          ModelSpec model,
+                                                          RemoteBlockStoreOptions options = {});
   ~RemoteBlockStore() override;
 
   Status write(const BlockId& id, std::span<const std::byte> full_block) override;
   StoreCounters counters() const override { return counters_; }
 
-  // "storage server <address>".
+  // "storage server <address>:<port>", from the handle.
   const std::string& server() const noexcept { return server_; }
-  // ok while the connection is usable; otherwise why it was closed.
-  const Status& broken() const noexcept { return broken_; }
+  // Why the latest connection was closed; ok when none was.
+  const Status& lastFailure() const noexcept { return last_failure_; }
+  // Connections made so far (1 after the first use; more after failures).
+  std::uint64_t connects() const noexcept { return connects_; }
 
  private:
   struct Connection;
-  RemoteBlockStore(std::unique_ptr<Connection> connection, ModelSpec model,
-                   RemoteBlockStoreOptions options);
+  RemoteBlockStore(BlockServerAddress address, ModelSpec model, RemoteBlockStoreOptions options,
+                   std::string server);
+
+  // Starts a connection when there is none; the handshake finishes in pump().
+  Status ensureConnection();
 
   Status doSubmit(std::span<BlockRead> reads) override;
   Status doWait(std::span<BlockRead> reads, Deadline deadline) override;
@@ -96,10 +113,12 @@ class RemoteBlockStore final : public BlockStore {
   // Ends the connection after `why`; pending reads of `reads` end with it.
   void breakConnection(Status why, std::span<BlockRead> reads);
 
-  std::unique_ptr<Connection> connection_;
+  BlockServerAddress address_;
   RemoteBlockStoreOptions options_;
   std::string server_;
-  Status broken_ = Status::ok();
+  std::unique_ptr<Connection> connection_;  // null between connections
+  Status last_failure_ = Status::ok();
+  std::uint64_t connects_ = 0;
   StoreCounters counters_;
 };
 
