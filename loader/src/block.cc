@@ -107,4 +107,11 @@ Status validateBlockGeometry(const ModelSpec& model) {
   return Status::ok();
 }
 
+Status checkFullBlockToWrite(const ModelSpec& model, const BlockId& id, std::size_t bytes) {
+  if (bytes == model.fullBlockBytes()) return Status::ok();
+  return Status(StatusCode::invalid_usage,
+                fmt::format("write: block {}: {} B given, a Full Block of '{}' is {} B",
+                            id.toHex(), bytes, model.name, model.fullBlockBytes()));
+}
+
 }  // namespace dualpath::loader

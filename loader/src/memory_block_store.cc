@@ -14,12 +14,7 @@ Result<std::unique_ptr<MemoryBlockStore>> MemoryBlockStore::create(ModelSpec mod
 }
 
 Status MemoryBlockStore::write(const BlockId& id, std::span<const std::byte> full_block) {
-  if (full_block.size() != model().fullBlockBytes()) {
-    return Status(
-        StatusCode::invalid_usage,
-        fmt::format("write: block {}: {} B given, a Full Block of '{}' is {} B", id.toHex(),
-                    full_block.size(), model().name, model().fullBlockBytes()));
-  }
+  DP_TRY(checkFullBlockToWrite(model(), id, full_block.size()));
   std::vector<std::byte> stored(kBlockHeaderBytes + full_block.size());
   encodeBlockHeader(model(), id, full_block, std::span<std::byte>(stored).first(kBlockHeaderBytes));
   std::memcpy(stored.data() + kBlockHeaderBytes, full_block.data(), full_block.size());

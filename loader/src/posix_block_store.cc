@@ -186,12 +186,7 @@ class PosixBlockStore::Impl {
   }
 
   Status write(const BlockId& id, std::span<const std::byte> full_block) {
-    const ModelSpec& model = files_.model();
-    if (full_block.size() != model.fullBlockBytes()) {
-      return Status(StatusCode::invalid_usage,
-                    fmt::format("write: block {}: {} B given, a Full Block of '{}' is {} B",
-                                id.toHex(), full_block.size(), model.name, model.fullBlockBytes()));
-    }
+    DP_TRY(checkFullBlockToWrite(files_.model(), id, full_block.size()));
     const std::string directory = files_.directory(id);
     DP_TRY(makeFanOut(directory).withContext(fmt::format("writing block {}", id.toHex())));
     const std::string path = files_.path(id);

@@ -270,8 +270,11 @@ Result<bool> RemoteBlockStore::doPoll(std::span<BlockRead> reads) {
 
 Status RemoteBlockStore::doWait(std::span<BlockRead> reads, Deadline deadline) {
   for (;;) {
-    DP_TRY_ASSIGN(bool done, doPoll(reads));
-    if (done) return Status::ok();
+    // A deadline already past ends the pending reads without looking further.
+    if (Clock::now() < deadline) {
+      DP_TRY_ASSIGN(bool done, doPoll(reads));
+      if (done) return Status::ok();
+    }
     if (Clock::now() >= deadline) {
       for (BlockRead& read : reads) {
         if (read.status.code() != StatusCode::again) continue;
@@ -289,12 +292,7 @@ Status RemoteBlockStore::doWait(std::span<BlockRead> reads, Deadline deadline) {
 }
 
 Status RemoteBlockStore::write(const BlockId& id, std::span<const std::byte> full_block) {
-  if (full_block.size() != model().fullBlockBytes()) {
-    return Status(StatusCode::invalid_argument,
-                  fmt::format("{}: block {}: {} B to write, a Full Block of '{}' is {} B", server_,
-                              id.toHex(), full_block.size(), model().name,
-                              model().fullBlockBytes()));
-  }
+  DP_TRY(checkFullBlockToWrite(model(), id, full_block.size()));
   DP_TRY(ensureConnection());
   Connection& c = *connection_;
   const Deadline deadline = Clock::now() + options_.write_timeout;

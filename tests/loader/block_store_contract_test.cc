@@ -1,12 +1,18 @@
-// The BlockStore contract, run against every back end: the in-memory store and
-// the POSIX store with each io engine. Checks loader/src/block_store.cc,
-// memory_block_store.cc, posix_block_store.cc and both readers.
+// The BlockStore contract, run against every back end: the in-memory store,
+// the POSIX store with each io engine, and the remote store (a BlockServer
+// over a POSIX store, on its own thread, reached over UCX tcp on loopback).
+// Checks loader/src/block_store.cc, memory_block_store.cc,
+// posix_block_store.cc, both readers, remote_block_store.cc and
+// block_server.cc.
 #include <cstring>
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -18,9 +24,12 @@
 #include <dualpath/loader/block_format.h>
 #include <dualpath/loader/memory_block_store.h>
 #include <dualpath/loader/posix_block_store.h>
+#include <dualpath/loader/remote_block_store.h>
 #include <dualpath/loader/storage_limiter.h>
 
+#include "log_capture.h"
 #include "store_test_support.h"
+#include "transport_test_util.h"
 
 namespace dualpath::loader {
 namespace {
@@ -30,7 +39,7 @@ using testing::payloadFor;
 using testing::preset;
 using testing::ScratchDir;
 
-enum class Backend { memory, posix_io_uring, posix_pread };
+enum class Backend { memory, posix_io_uring, posix_pread, remote };
 
 std::string backendName(const ::testing::TestParamInfo<Backend>& info) {
   switch (info.param) {
@@ -40,6 +49,8 @@ std::string backendName(const ::testing::TestParamInfo<Backend>& info) {
       return "posix_io_uring";
     case Backend::posix_pread:
       return "posix_pread";
+    case Backend::remote:
+      return "remote";
   }
   return "unknown";
 }
@@ -70,13 +81,55 @@ class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
     ASSERT_TRUE(store.hasValue()) << store.status().toString();
     posix_ = store->get();
     EXPECT_EQ(posix_->engine(), options.io_engine);
+    if (GetParam() == Backend::remote) {
+      ASSERT_NO_FATAL_FAILURE(serve(std::move(store).value()));
+      return;
+    }
     store_ = std::move(store).value();
+  }
+
+  // The remote back end: `served` behind a BlockServer polled on its own
+  // thread, and store_ a RemoteBlockStore on another engine.
+  void serve(std::unique_ptr<PosixBlockStore> served) {
+    // Closed connections log warnings (the transport's, the store's).
+    capture_.emplace();
+    const qos::Policy policy = dualpath::testing::examplePolicy("ethernet-testbed.toml");
+    const auto kv = static_cast<std::uint8_t>(policy.indexOf(*policy.findClass("kv")));
+    client_engine_ = dualpath::testing::loopbackEngine(policy, 2'000);
+    server_engine_ = dualpath::testing::loopbackEngine(policy, 2'000);
+    ASSERT_TRUE(client_engine_ && server_engine_);
+    served_ = std::move(served);
+    Result<std::unique_ptr<BlockServer>> server =
+        BlockServer::create(*server_engine_, 0, kv, *served_);
+    ASSERT_TRUE(server.hasValue()) << server.status().toString();
+    server_ = std::move(server).value();
+    serving_ = true;
+    server_thread_ = std::thread([this] {
+      while (serving_.load(std::memory_order_acquire)) {
+        Status s = server_->poll();
+        if (!s.isOk()) ADD_FAILURE() << s.toString();
+        std::this_thread::yield();
+      }
+    });
+    Result<std::unique_ptr<RemoteBlockStore>> remote =
+        RemoteBlockStore::create({client_engine_, 0, server_->handle(), kv}, model_);
+    ASSERT_TRUE(remote.hasValue()) << remote.status().toString();
+    remote_ = remote->get();
+    store_ = std::move(remote).value();
+  }
+
+  void TearDown() override {
+    store_.reset();
+    serving_ = false;
+    if (server_thread_.joinable()) server_thread_.join();
+    server_.reset();
   }
 
   // "block <hex> in memory" or "block <hex> (<path>)": how messages name a block.
   std::string where(const BlockId& id) const {
     if (memory_ != nullptr) return fmt::format("block {} in memory", id.toHex());
-    return fmt::format("block {} ({})", id.toHex(), posix_->blockPath(id));
+    const std::string local = fmt::format("block {} ({})", id.toHex(), posix_->blockPath(id));
+    return remote_ != nullptr ? remote_->server() + ": " + local : local;
   }
 
   // Rewrites the stored form (header + payload) of `id`.
@@ -130,7 +183,15 @@ class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
   ModelSpec model_;
   std::unique_ptr<BlockStore> store_;
   MemoryBlockStore* memory_ = nullptr;
-  PosixBlockStore* posix_ = nullptr;
+  PosixBlockStore* posix_ = nullptr;  // with the remote back end: the server's store
+  // The remote back end.
+  std::optional<dualpath::testing::LogCapture> capture_;
+  std::shared_ptr<transport::Engine> client_engine_, server_engine_;
+  std::unique_ptr<PosixBlockStore> served_;
+  std::unique_ptr<BlockServer> server_;
+  std::atomic<bool> serving_{false};
+  std::thread server_thread_;
+  RemoteBlockStore* remote_ = nullptr;
 };
 
 TEST_P(BlockStoreContractTest, WrittenBlocksReadBackByteExact) {
@@ -266,6 +327,12 @@ TEST_P(BlockStoreContractTest, APastDeadlineEndsEveryReadAsTimeout) {
   for (std::size_t i = 0; i < kBlocks; ++i) {
     const Status& status = batch.reads()[i].status;
     EXPECT_EQ(status.code(), StatusCode::timeout) << status.toString();
+    if (remote_ != nullptr) {
+      // The client closes its connection (the fence); it knows no path.
+      EXPECT_EQ(status.message(), fmt::format("{}: block {}: not read before the deadline",
+                                              remote_->server(), ids[i].toHex()));
+      continue;
+    }
     const std::string expected_tail =
         memory_ != nullptr ? ": the deadline passed before the read started"
                            : ": timed out: the deadline passed before the read completed";
@@ -491,7 +558,7 @@ TEST_P(BlockStoreContractTest, BehindAnEmulatedNicWaitAfterPollTimesOutUndeliver
 
 INSTANTIATE_TEST_SUITE_P(Backends, BlockStoreContractTest,
                          ::testing::Values(Backend::memory, Backend::posix_io_uring,
-                                           Backend::posix_pread),
+                                           Backend::posix_pread, Backend::remote),
                          backendName);
 
 }  // namespace

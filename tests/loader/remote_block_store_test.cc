@@ -174,8 +174,10 @@ TEST_F(RemoteBlockStoreTest, AWriteIsStoredAndReadsBack) {
 
   const std::vector<std::byte> short_block(10);
   Status refused = remote->write(idOf(501), short_block);
-  EXPECT_EQ(refused.code(), StatusCode::invalid_argument);
-  EXPECT_THAT(refused.message(), HasSubstr("10 B to write, a Full Block of 'tiny' is"));
+  EXPECT_EQ(refused.code(), StatusCode::invalid_usage);
+  EXPECT_EQ(refused.message(), fmt::format("write: block {}: 10 B given, a Full Block of 'tiny' "
+                                           "is 4096 B",
+                                           idOf(501).toHex()));
 }
 
 TEST_F(RemoteBlockStoreTest, AnotherGeometryIsRefusedNamingBoth) {

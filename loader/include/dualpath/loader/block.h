@@ -84,4 +84,8 @@ std::span<Byte> layerBlock(const ModelSpec& model, std::span<Byte> full_block,
 // the cost fields (FLOPs) are not required.
 Status validateBlockGeometry(const ModelSpec& model);
 
+// What every BlockStore::write() checks first: `bytes` is one Full Block of
+// `model`. invalid_usage naming the block otherwise.
+Status checkFullBlockToWrite(const ModelSpec& model, const BlockId& id, std::size_t bytes);
+
 }  // namespace dualpath::loader
