@@ -5,14 +5,12 @@
 // posix_block_store.cc, both readers, remote_block_store.cc and
 // block_server.cc.
 #include <cstring>
-#include <atomic>
 #include <fstream>
 #include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -27,6 +25,7 @@
 #include <dualpath/loader/remote_block_store.h>
 #include <dualpath/loader/storage_limiter.h>
 
+#include "block_server_thread.h"
 #include "log_capture.h"
 #include "store_test_support.h"
 #include "transport_test_util.h"
@@ -103,14 +102,7 @@ class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
         BlockServer::create(*server_engine_, 0, kv, *served_);
     ASSERT_TRUE(server.hasValue()) << server.status().toString();
     server_ = std::move(server).value();
-    serving_ = true;
-    server_thread_ = std::thread([this] {
-      while (serving_.load(std::memory_order_acquire)) {
-        Status s = server_->poll();
-        if (!s.isOk()) ADD_FAILURE() << s.toString();
-        std::this_thread::yield();
-      }
-    });
+    server_thread_.emplace(*server_);
     Result<std::unique_ptr<RemoteBlockStore>> remote =
         RemoteBlockStore::create({client_engine_, 0, server_->handle(), kv}, model_);
     ASSERT_TRUE(remote.hasValue()) << remote.status().toString();
@@ -120,8 +112,7 @@ class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
 
   void TearDown() override {
     store_.reset();
-    serving_ = false;
-    if (server_thread_.joinable()) server_thread_.join();
+    server_thread_.reset();
     server_.reset();
   }
 
@@ -189,8 +180,7 @@ class BlockStoreContractTest : public ::testing::TestWithParam<Backend> {
   std::shared_ptr<transport::Engine> client_engine_, server_engine_;
   std::unique_ptr<PosixBlockStore> served_;
   std::unique_ptr<BlockServer> server_;
-  std::atomic<bool> serving_{false};
-  std::thread server_thread_;
+  std::optional<testing::BlockServerThread> server_thread_;
   RemoteBlockStore* remote_ = nullptr;
 };
 

@@ -3,12 +3,10 @@
 // UCX tcp on loopback in one process. Bytes end to end, the server store's
 // outcomes kept and attributed to the server, geometry refused, end-to-end
 // checksums, a server that goes away, a deadline that passes.
-#include <atomic>
-#include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -18,6 +16,7 @@
 #include <dualpath/loader/memory_block_store.h>
 #include <dualpath/loader/remote_block_store.h>
 
+#include "block_server_thread.h"
 #include "log_capture.h"
 #include "relay_protocol.h"
 #include "relay_test_support.h"
@@ -60,7 +59,7 @@ class RemoteBlockStoreTest : public ::testing::Test {
     EXPECT_TRUE(server.hasValue()) << server.status().toString();
     if (!server) return nullptr;
     server_ = std::move(server).value();
-    driveServer();
+    server_thread_.emplace(*server_);
     Result<std::unique_ptr<RemoteBlockStore>> remote = RemoteBlockStore::create(
         {client_engine_, 0, server_->handle(), kv_}, model,
         {.write_timeout = std::chrono::seconds(10)});
@@ -68,22 +67,9 @@ class RemoteBlockStoreTest : public ::testing::Test {
     return remote ? std::move(remote).value() : nullptr;
   }
 
-  // Polls the server on its own thread (its one driver) until stopped.
-  void driveServer() {
-    serving_ = true;
-    server_thread_ = std::thread([this] {
-      while (serving_.load(std::memory_order_acquire)) {
-        Status s = server_->poll();
-        if (!s.isOk()) ADD_FAILURE() << s.toString();
-        std::this_thread::yield();
-      }
-    });
-  }
-
   // Stops and destroys the server: its connections close.
   void stopServer() {
-    serving_ = false;
-    if (server_thread_.joinable()) server_thread_.join();
+    server_thread_.reset();
     server_.reset();
   }
 
@@ -108,8 +94,7 @@ class RemoteBlockStoreTest : public ::testing::Test {
   std::unique_ptr<MemoryBlockStore> stored_;
   std::vector<std::vector<std::byte>> blocks_;
   std::unique_ptr<BlockServer> server_;
-  std::atomic<bool> serving_{false};
-  std::thread server_thread_;
+  std::optional<testing::BlockServerThread> server_thread_;
 };
 
 TEST_F(RemoteBlockStoreTest, ABatchLargerThanEveryWindowArrivesByteForByte) {
@@ -226,8 +211,7 @@ TEST_F(RemoteBlockStoreTest, APassedDeadlineEndsEveryReadAndClosesTheConnection)
   auto remote = start();
   ASSERT_TRUE(remote);
   // The server stays connected but is no longer driven: nothing comes back.
-  serving_ = false;
-  server_thread_.join();
+  server_thread_->stop();
   auto reads = batchOf({idOf(1), idOf(2), idOf(3)});
   ASSERT_TRUE(remote->read(reads->batch, Clock::now() + std::chrono::milliseconds(100)).isOk());
   for (const BlockRead& read : reads->batch.reads()) {
@@ -248,7 +232,7 @@ TEST_F(RemoteBlockStoreTest, APassedDeadlineEndsEveryReadAndClosesTheConnection)
 
   // The store is usable afterwards: the same batch, with the server driven
   // again, reads every block over a new connection.
-  driveServer();
+  server_thread_.emplace(*server_);
   ASSERT_TRUE(remote->read(reads->batch, later()).isOk());
   EXPECT_EQ(reads->batch.failures(), 0u);
   EXPECT_EQ(reads->buffers[0], blocks_[1]);
