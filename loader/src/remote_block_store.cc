@@ -83,7 +83,9 @@ struct RemoteBlockStore::Connection {
   std::deque<transport::Request*> payloads;  // posted, not yet received, in order
   std::vector<std::size_t> received_bytes;
   std::vector<std::optional<relay::StoreOutcomeMessage>> outcome;
-  std::size_t finished = 0;  // reads with their final status
+  // Reads with their final status: [0, finished). The server sends outcomes
+  // and payloads in read order, so reads end in that order too.
+  std::size_t finished = 0;
 
   // A write waiting for its outcome.
   std::uint64_t write_id = 0;
@@ -152,8 +154,9 @@ Status RemoteBlockStore::doSubmit(std::span<BlockRead> reads) {
   return Status::ok();
 }
 
-Status RemoteBlockStore::pump(std::span<BlockRead> reads) {
+Status RemoteBlockStore::pump() {
   Connection& c = *connection_;
+  const std::span<BlockRead> reads = c.batch;
   if (!c.endpoint) {
     Result<std::unique_ptr<transport::Endpoint>> connected = c.connector->poll();
     if (!connected) {
@@ -211,16 +214,16 @@ Status RemoteBlockStore::pump(std::span<BlockRead> reads) {
 
   if (!c.batch_active) return Status::ok();
   // A read ends once both its outcome and its payload message are in.
-  for (std::size_t i = 0; i < c.received; ++i) {
-    BlockRead& read = reads[i];
-    if (read.status.code() != StatusCode::again || !c.outcome[i]) continue;
-    const relay::StoreOutcomeMessage& m = *c.outcome[i];
+  for (; c.finished < c.received && c.outcome[c.finished]; ++c.finished) {
+    BlockRead& read = reads[c.finished];
+    const std::size_t received = c.received_bytes[c.finished];
+    const relay::StoreOutcomeMessage& m = *c.outcome[c.finished];
     if (!m.status.isOk()) {
       read.status = Status(m.status.code(), fmt::format("{}: {}", server_, m.status.message()));
-    } else if (c.received_bytes[i] != read.destination.size()) {
+    } else if (received != read.destination.size()) {
       read.status = Status(StatusCode::corrupt,
                            fmt::format("{}: block {}: received {} B, a Full Block is {} B",
-                                       server_, read.id.toHex(), c.received_bytes[i],
+                                       server_, read.id.toHex(), received,
                                        read.destination.size()));
     } else if (const std::uint64_t got = payloadChecksum(read.destination); got != m.checksum) {
       read.status = Status(
@@ -237,15 +240,14 @@ Status RemoteBlockStore::pump(std::span<BlockRead> reads) {
     } else {
       ++counters_.reads_failed;
     }
-    ++c.finished;
   }
   if (c.finished == reads.size()) c.batch_active = false;
   return Status::ok();
 }
 
-void RemoteBlockStore::breakConnection(Status why, std::span<BlockRead> reads) {
+void RemoteBlockStore::breakConnection(Status why) {
   if (connection_ && connection_->batch_active) {
-    for (BlockRead& read : reads) {
+    for (BlockRead& read : connection_->batch) {
       if (read.status.code() != StatusCode::again) continue;
       read.status = Status(why.code(), fmt::format("{}: block {}: {}", server_, read.id.toHex(),
                                                    why.message()));
@@ -259,10 +261,10 @@ void RemoteBlockStore::breakConnection(Status why, std::span<BlockRead> reads) {
   last_failure_ = std::move(why);
 }
 
-Result<bool> RemoteBlockStore::doPoll(std::span<BlockRead> reads) {
+Result<bool> RemoteBlockStore::doPoll(std::span<BlockRead> /*reads: the submitted batch*/) {
   if (!connection_ || !connection_->batch_active) return true;
-  if (Status s = pump(reads); !s.isOk()) {
-    breakConnection(std::move(s), reads);
+  if (Status s = pump(); !s.isOk()) {
+    breakConnection(std::move(s));
     return true;
   }
   return !connection_->batch_active;
@@ -284,7 +286,7 @@ Status RemoteBlockStore::doWait(std::span<BlockRead> reads, Deadline deadline) {
         ++counters_.reads_failed;
       }
       // Payload receives may still be posted into the callers' buffers.
-      breakConnection(Status(StatusCode::timeout, "a read batch passed its deadline"), reads);
+      breakConnection(Status(StatusCode::timeout, "a read batch passed its deadline"));
       return Status::ok();
     }
     std::this_thread::sleep_for(kWaitNap);
@@ -311,14 +313,14 @@ Status RemoteBlockStore::write(const BlockId& id, std::span<const std::byte> ful
   // way out of the caller's buffer.
   auto fail = [&](Status why) {
     c.write_id = 0;
-    breakConnection(why, c.batch);
+    breakConnection(why);
     return Status(why.code(), fmt::format("{}: block {}: write: {}", server_, id.toHex(),
                                           why.message()));
   };
   transport::Request* payload = nullptr;
   bool payload_sent = false;
   while (!payload_sent || !c.write_outcome) {
-    if (Status s = pump(c.batch); !s.isOk()) return fail(std::move(s));
+    if (Status s = pump(); !s.isOk()) return fail(std::move(s));
     if (!c.endpoint) {
       // Still connecting.
     } else if (payload == nullptr) {

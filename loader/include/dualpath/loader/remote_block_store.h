@@ -108,10 +108,11 @@ class RemoteBlockStore final : public BlockStore {
   Result<bool> doPoll(std::span<BlockRead> reads) override;
   bool doBusy() const override;
 
-  // Moves the connection on: sends, the batch's payload receives, outcomes.
-  Status pump(std::span<BlockRead> reads);
-  // Ends the connection after `why`; pending reads of `reads` end with it.
-  void breakConnection(Status why, std::span<BlockRead> reads);
+  // Moves the connection on: the handshake, sends, the batch's payload
+  // receives, outcomes.
+  Status pump();
+  // Ends the connection after `why`; the batch's pending reads end with it.
+  void breakConnection(Status why);
 
   BlockServerAddress address_;
   RemoteBlockStoreOptions options_;
