@@ -185,8 +185,8 @@ Result<transport::DeviceFilter> enterNetwork(const Shared& s, int rank) {
   return transport::DeviceFilter{{node.device}, {}};
 }
 
-// A transport on `devices` with the cluster's policy. `kv` gets the class the
-// node's connections use: on the compute link the kv class; on a storage link
+// A transport on `devices` with the cluster's policy. `connection_class` gets
+// the class the node's connections use: on the compute link the kv class; on a storage link
 // (`storage_link`) the policy's default class, which is high priority, so
 // that a Full Block goes as one message rather than in the arbiter's
 // low-priority chunks (each of which waits for the receiver to post the
@@ -197,7 +197,7 @@ Result<transport::DeviceFilter> enterNetwork(const Shared& s, int rank) {
 // outcomes behind them.
 Result<std::shared_ptr<transport::Engine>> makeEngine(const Shared& s,
                                                       transport::DeviceFilter devices,
-                                                      std::uint8_t& kv,
+                                                      std::uint8_t& connection_class,
                                                       bool storage_link = false) {
   Result<qos::Policy> policy = qos::loadPolicyOrError(s.options.policy_path, false);
   if (!policy) return policy.status();
@@ -205,10 +205,10 @@ Result<std::shared_ptr<transport::Engine>> makeEngine(const Shared& s,
     policy->arbiter.max_inflight = 0;
     policy->arbiter.low_max_inflight = 0;
   }
-  const qos::TrafficClass* kv_class =
+  const qos::TrafficClass* chosen =
       storage_link ? &policy->defaultClass() : policy->findClass("kv");
-  if (kv_class == nullptr) return Status(StatusCode::internal, "the QoS policy has no kv class");
-  kv = static_cast<std::uint8_t>(policy->indexOf(*kv_class));
+  if (chosen == nullptr) return Status(StatusCode::internal, "the QoS policy has no kv class");
+  connection_class = static_cast<std::uint8_t>(policy->indexOf(*chosen));
   return transport::Engine::create({*policy, std::move(devices), 30'000, false});
 }
 
@@ -1053,12 +1053,12 @@ Status runStorageNode(const Shared& s, Bootstrap& bootstrap, std::string* report
   const bench::NetnsNode& storage = *s.options.network->storage();
   PD_TRY(bench::enterNetnsNode(storage), "storage node");
   ::setenv("UCX_TLS", "tcp", 1);
-  std::uint8_t kv = 0;
-  auto net = makeEngine(s, transport::DeviceFilter{{storage.device}, {}}, kv, true);
+  std::uint8_t storage_class = 0;
+  auto net = makeEngine(s, transport::DeviceFilter{{storage.device}, {}}, storage_class, true);
   if (!net) return context(net.status(), "storage node: transport");
   auto store = openStore(s);
   if (!store) return context(store.status(), "storage node: store");
-  auto server = BlockServer::create(**net, 0, kv, **store);
+  auto server = BlockServer::create(**net, 0, storage_class, **store);
   if (!server) return context(server.status(), "storage node: block server");
   BlockServer& served = **server;
 
