@@ -13,8 +13,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # tests: network namespaces, veth, tc
   iproute2
-  # benchmarks: the storage-read reference
-  fio
+  # benchmarks: the storage-read reference; the simulator's plots
+  fio gnuplot-nox
 )
 
 missing=()
