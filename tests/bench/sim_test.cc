@@ -119,6 +119,13 @@ TEST_P(SimInvariantTest, BytesConservedAndNoLinkOverCapacity) {
     EXPECT_DOUBLE_EQ(read, static_cast<double>(report.cached_tokens) *
                                static_cast<double>(config.model.kvBytesPerToken()));
   }
+  // Host buffers that hold about one context: reads wait for room, and a
+  // split request's DE-path read may end before its PE-path read starts.
+  SimConfig tight = config;
+  tight.hardware.buffer_bytes = 1.5 * static_cast<double>(tight.trace.max_context_tokens) *
+                                static_cast<double>(tight.model.kvBytesPerToken());
+  expectInvariants(tight, run(tight));
+
   config.hardware.storage_bytes_per_s = config.hardware.base.snic_bytes_per_s * 1.5;
   const SimReport narrow = run(config);
   expectInvariants(config, narrow);

@@ -252,7 +252,7 @@ Status writePlot(const std::vector<SweepPoint>& points, const std::string& path,
     std::ofstream script(script_path);
     script << fmt::format("set terminal {}\nset output '{}'\nset title \"{}\"\n", terminal, path, title)
            << fmt::format("set xlabel \"{}\"\nset ylabel \"prompt tokens per second\"\n", x_label)
-           << (log_x ? "set logscale x 2\n" : "") << "set key top left\nset grid\n"
+           << (log_x ? "set logscale x 2\n" : "") << "set key outside right\nset grid\n"
            << fmt::format("plot '{0}' using 1:3:xtic(2) with linespoints title 'basic', "
                           "'{0}' using 1:4 with linespoints title 'DualPath', "
                           "'{0}' using 1:5 with linespoints title 'Oracle'\n",

@@ -121,22 +121,23 @@ struct DecodeEngine {
   std::uint64_t generation = 0;
 };
 
+// Percentiles by selection, not a full sort: the scale preset has millions.
 LatencySummary summarise(std::vector<double>& samples) {
   LatencySummary summary;
   summary.samples = samples.size();
   if (samples.empty()) return summary;
-  std::sort(samples.begin(), samples.end());
   double sum = 0;
   for (double v : samples) sum += v;
   summary.mean = sum / static_cast<double>(samples.size());
   auto at = [&](double q) {
-    const auto index = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1));
-    return samples[index];
+    const auto index = static_cast<std::ptrdiff_t>(q * static_cast<double>(samples.size() - 1));
+    std::nth_element(samples.begin(), samples.begin() + index, samples.end());
+    return samples[static_cast<std::size_t>(index)];
   };
   summary.p50 = at(0.5);
   summary.p90 = at(0.9);
   summary.p99 = at(0.99);
-  summary.max = samples.back();
+  summary.max = *std::max_element(samples.begin(), samples.end());
   return summary;
 }
 
@@ -449,8 +450,14 @@ void Simulator::bufferGranted(const BufferWait& wait) {
   AgentState& state = agents_[wait.agent];
   const double block_bytes = static_cast<double>(cost_.kvBytes(block_tokens_));
   if (wait.decode_side) {
+    // Both reads count from here, so a DE-path read that ends before the
+    // PE-path read has its buffer does not start the prefill early.
+    state.reads_pending = (state.decode_path_tokens > 0 ? 1 : 0) + (state.prefill_path_tokens > 0 ? 1 : 0);
+    if (state.reads_pending == 0) {
+      readyForPrefill(wait.agent);
+      return;
+    }
     if (state.decode_path_tokens > 0) {
-      state.reads_pending += 1;
       const NodeIndex node = decodeEngine(state.decode_engine).node;
       enqueue(node, nodes_[node].read,
               FifoJob{.kind = FifoJob::Kind::read_decode_path,
@@ -463,12 +470,9 @@ void Simulator::bufferGranted(const BufferWait& wait) {
                     BufferWait{.agent = wait.agent,
                                .bytes = static_cast<double>(state.prefill_path_tokens) * kv_bytes_per_token_,
                                .decode_side = false});
-      return;
     }
-    if (state.reads_pending == 0) readyForPrefill(wait.agent);
     return;
   }
-  state.reads_pending += 1;
   const NodeIndex node = prefill_[state.prefill_engine].node;
   enqueue(node, nodes_[node].read,
           FifoJob{.kind = FifoJob::Kind::read_prefill_path,

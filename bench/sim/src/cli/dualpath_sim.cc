@@ -97,10 +97,11 @@ int fail(const Status& status) {
   return 1;
 }
 
-// The preset's runs: one mode, or all three offline with the paper's figure.
+// The preset's runs: all three modes offline, with the paper's figure; or
+// the one run a mode, a policy, a layerwise choice or --online asks for.
 int runPreset(const Options& o, const SimConfig& config) {
   std::vector<SimConfig> runs;
-  if (o.mode || o.online) {
+  if (o.mode || o.online || o.policy || o.layerwise) {
     runs.push_back(config);
   } else {
     for (Mode mode : {Mode::basic, Mode::dualpath, Mode::oracle}) {
@@ -200,7 +201,7 @@ int runSweep(const Options& o, const SimConfig& config) {
   if (!o.plot.empty()) {
     const std::string title = fmt::format("{}: throughput against {}", config.name,
                                           pd ? "the P/D ratio" : "SNIC bandwidth");
-    Status plotted = writePlot(*points, o.plot, title, pd ? "P/D (nodes)" : "SNIC Gbps per node", !pd);
+    Status plotted = writePlot(*points, o.plot, title, pd ? "P/D (nodes)" : "SNIC Gbps per node", true);
     if (!plotted.isOk()) return fail(plotted);
   }
   if (o.json) {
