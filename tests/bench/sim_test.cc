@@ -175,6 +175,34 @@ TEST(SimTest, DeterministicWithASeed) {
   EXPECT_NE(first, toJson(run(config)).dump());
 }
 
+TEST(SimTest, OnlineMeasuresTheSteadyStateWindow) {
+  SimConfig config = preset("tiny");
+  config.arrivals = Arrivals::online;
+  config.agents_per_second = 0.2;
+  EXPECT_EQ(config.effectiveTrace().agents, 120u);  // 0.2 agents/s for 600 s
+  const SimReport report = run(config);
+  expectInvariants(config, report);
+  EXPECT_EQ(report.agents_per_second, 0.2);
+  // Only the turns arriving from 300 s to 600 s count.
+  EXPECT_GT(report.ttft.samples, 0u);
+  EXPECT_LT(report.ttft.samples, report.requests);
+  EXPECT_EQ(report.ttft.samples, report.tpot.samples);
+  config.online_measure_from_seconds = 0;
+  EXPECT_GT(run(config).ttft.samples, report.ttft.samples);
+}
+
+TEST(SimTest, SchedulerDecidingAtEveryInstantKeepsTheInvariants) {
+  SimConfig config = preset("tiny");
+  config.scheduler_interval_seconds = 0;
+  const SimReport instant = run(config);
+  expectInvariants(config, instant);
+  // More rounds than with a 10 ms tick, and the same work done.
+  config.scheduler_interval_seconds = 0.01;
+  const SimReport ticked = run(config);
+  EXPECT_GT(instant.scheduler_rounds, ticked.scheduler_rounds);
+  EXPECT_EQ(instant.requests, ticked.requests);
+}
+
 TEST(SimTest, WriteBackCarriesEveryFilledBlock) {
   const SimConfig config = preset("tiny");
   const Trace trace = makeTrace(config.trace, 64, Arrivals::offline, 0).value();

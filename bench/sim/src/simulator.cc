@@ -377,8 +377,12 @@ void Simulator::reportDirtyNodes() {
   for (NodeIndex n = 0; n < nodes_.size(); ++n) {
     if (!nodes_[n].dirty) continue;
     nodes_[n].dirty = false;
-    // The report matches the cluster's shape by construction.
-    (void)scheduler_.apply(reportOf(n));
+    // A report matches the cluster's shape by construction; one that does
+    // not is a bug here, and ends the run.
+    Status applied = scheduler_.apply(reportOf(n));
+    if (!applied.isOk() && failure_.isOk()) {
+      failure_ = Status(StatusCode::internal, applied.message());
+    }
   }
 }
 
@@ -482,16 +486,13 @@ void Simulator::bufferGranted(const BufferWait& wait) {
 }
 
 void Simulator::enqueue(NodeIndex node, FifoLink& link, const FifoJob& job) {
-  const bool was_idle = !link.busy();
-  if (!link.push(now_, job)) return;
-  const std::uint32_t id = 2 * node + (&link == &nodes_[node].write ? 1 : 0);
-  if (was_idle) {
-    ++busy_snics_;
-    if (config_.hardware.storage_bytes_per_s > 0) {
-      rebalanceStorage();  // schedules every busy link's completion
-      return;
-    }
+  if (!link.push(now_, job)) return;  // queued behind the link's current job
+  ++busy_snics_;
+  if (config_.hardware.storage_bytes_per_s > 0) {
+    rebalanceStorage();  // schedules every busy link's completion, this one's too
+    return;
   }
+  const std::uint32_t id = 2 * node + (&link == &nodes_[node].write ? 1 : 0);
   push(link.headFinish(now_), Event::Kind::fifo_done, id, link.generation());
 }
 
