@@ -64,6 +64,8 @@ struct AgentState {
   EngineIndex prefill_engine = 0, decode_engine = 0;
   std::uint64_t prefill_path_tokens = 0, decode_path_tokens = 0;
   std::uint32_t reads_pending = 0;
+  bool prefill_path_read = false;   // its PE-path blocks are in the PE node's buffer
+  bool decode_buffer_held = false;  // the DE node's buffer holds room for its context
   double arrival = 0, decode_join = 0;
   std::vector<Demand> copy;  // the DE's host-to-HBM copy, while it runs
   double copy_seconds = 0;
@@ -176,6 +178,7 @@ class Simulator {
 
   // Host buffers and storage.
   void requestBuffer(NodeIndex node, BufferWait wait);
+  void requestDecodeBuffer(std::uint32_t agent);
   void grantBuffers(NodeIndex node);
   void releaseBuffer(NodeIndex node, double bytes);
   void bufferGranted(const BufferWait& wait);
@@ -421,13 +424,29 @@ void Simulator::start(const scheduler::Assignment& a) {
   nodes_[de.node].read_queue_tokens += state.decode_path_tokens;
   nodes_[pe.node].dirty = nodes_[de.node].dirty = true;
 
-  // The DE node's buffer holds the whole context before its HBM copy (the
-  // relayed blocks stay for it, the rest arrives from the PE); it is reserved
-  // first, in assignment order, so a request that holds it never waits for
-  // another: buffers cannot deadlock.
-  requestBuffer(de.node, BufferWait{.agent = agent,
-                                    .bytes = static_cast<double>(turn.tokens) * kv_bytes_per_token_,
-                                    .decode_side = true});
+  // Host buffers, in a fixed order so they cannot deadlock: the PE node's for
+  // the PE-path blocks first, then the DE node's for the whole context (the
+  // relayed blocks stay there for the DE's copy, the rest arrives from the
+  // PE). A request that holds the DE node's buffer never waits for another
+  // buffer, so it reaches its prefill and its copy, and frees it.
+  state.prefill_path_read = false;
+  state.decode_buffer_held = false;
+  if (state.prefill_path_tokens > 0) {
+    requestBuffer(pe.node, BufferWait{.agent = agent,
+                                      .bytes = static_cast<double>(state.prefill_path_tokens) *
+                                               kv_bytes_per_token_,
+                                      .decode_side = false});
+  } else {
+    requestDecodeBuffer(agent);
+  }
+}
+
+void Simulator::requestDecodeBuffer(std::uint32_t agent) {
+  const AgentState& state = agents_[agent];
+  requestBuffer(decodeEngine(state.decode_engine).node,
+                BufferWait{.agent = agent,
+                           .bytes = static_cast<double>(trace_.turns[state.turn].tokens) * kv_bytes_per_token_,
+                           .decode_side = true});
 }
 
 void Simulator::requestBuffer(NodeIndex node, BufferWait wait) {
@@ -450,39 +469,42 @@ void Simulator::releaseBuffer(NodeIndex node, double bytes) {
   grantBuffers(node);
 }
 
+// A PE-path-only request reads as soon as it has the PE node's buffer and
+// takes the DE node's after its read; a split request takes both first, so
+// that the DE node's buffer is never held by a request that waits.
 void Simulator::bufferGranted(const BufferWait& wait) {
   AgentState& state = agents_[wait.agent];
   const double block_bytes = static_cast<double>(cost_.kvBytes(block_tokens_));
-  if (wait.decode_side) {
-    // Both reads count from here, so a DE-path read that ends before the
-    // PE-path read has its buffer does not start the prefill early.
-    state.reads_pending = (state.decode_path_tokens > 0 ? 1 : 0) + (state.prefill_path_tokens > 0 ? 1 : 0);
-    if (state.reads_pending == 0) {
-      readyForPrefill(wait.agent);
+  auto read = [&](bool decode_path) {
+    const std::uint64_t tokens = decode_path ? state.decode_path_tokens : state.prefill_path_tokens;
+    const NodeIndex node =
+        decode_path ? decodeEngine(state.decode_engine).node : prefill_[state.prefill_engine].node;
+    enqueue(node, nodes_[node].read,
+            FifoJob{.kind = decode_path ? FifoJob::Kind::read_decode_path : FifoJob::Kind::read_prefill_path,
+                    .agent = wait.agent,
+                    .bytes = static_cast<double>(tokens / block_tokens_) * block_bytes,
+                    .tokens = tokens});
+  };
+  if (!wait.decode_side) {
+    if (state.decode_path_tokens > 0) {
+      requestDecodeBuffer(wait.agent);
       return;
     }
-    if (state.decode_path_tokens > 0) {
-      const NodeIndex node = decodeEngine(state.decode_engine).node;
-      enqueue(node, nodes_[node].read,
-              FifoJob{.kind = FifoJob::Kind::read_decode_path,
-                      .agent = wait.agent,
-                      .bytes = static_cast<double>(state.decode_path_tokens / block_tokens_) * block_bytes,
-                      .tokens = state.decode_path_tokens});
-    }
-    if (state.prefill_path_tokens > 0) {
-      requestBuffer(prefill_[state.prefill_engine].node,
-                    BufferWait{.agent = wait.agent,
-                               .bytes = static_cast<double>(state.prefill_path_tokens) * kv_bytes_per_token_,
-                               .decode_side = false});
-    }
+    state.reads_pending = 1;
+    read(false);
     return;
   }
-  const NodeIndex node = prefill_[state.prefill_engine].node;
-  enqueue(node, nodes_[node].read,
-          FifoJob{.kind = FifoJob::Kind::read_prefill_path,
-                  .agent = wait.agent,
-                  .bytes = static_cast<double>(state.prefill_path_tokens / block_tokens_) * block_bytes,
-                  .tokens = state.prefill_path_tokens});
+  state.decode_buffer_held = true;
+  // Count every read before starting any, so one that ends at once does not
+  // start the prefill early.
+  const bool read_prefill_path = state.prefill_path_tokens > 0 && !state.prefill_path_read;
+  state.reads_pending = (state.decode_path_tokens > 0 ? 1 : 0) + (read_prefill_path ? 1 : 0);
+  if (state.reads_pending == 0) {
+    readyForPrefill(wait.agent);
+    return;
+  }
+  if (state.decode_path_tokens > 0) read(true);
+  if (read_prefill_path) read(false);
 }
 
 void Simulator::enqueue(NodeIndex node, FifoLink& link, const FifoJob& job) {
@@ -533,7 +555,13 @@ void Simulator::readDone(const FifoJob& job) {
   nodes_[node].read_queue_tokens -= job.tokens;
   nodes_[node].dirty = true;
   (decode_path ? traffic_.storage_read_de_path : traffic_.storage_read_pe_path) += job.bytes;
-  if (--state.reads_pending == 0) readyForPrefill(job.agent);
+  if (!decode_path) state.prefill_path_read = true;
+  if (--state.reads_pending > 0) return;
+  if (state.decode_buffer_held) {
+    readyForPrefill(job.agent);
+  } else {
+    requestDecodeBuffer(job.agent);
+  }
 }
 
 void Simulator::readyForPrefill(std::uint32_t agent) {
