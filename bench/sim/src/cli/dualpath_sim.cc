@@ -185,7 +185,12 @@ int runCapacity(const Options& o, const SimConfig& config) {
     std::printf("%s\n", doc.dump().c_str());
     return 0;
   }
-  std::printf("dualpath-sim %s\n", describe(config).c_str());
+  // The header describes the run at capacity (or the search's first rate).
+  SimConfig shown = config;
+  shown.arrivals = Arrivals::online;
+  shown.agents_per_second = result->agents_per_second > 0 ? result->agents_per_second
+                                                           : CapacitySearch{}.start_agents_per_second;
+  std::printf("dualpath-sim %s\n", describe(shown).c_str());
   std::printf("capacity (%s, SLO mean TTFT <= 4 s and mean TPOT <= 50 ms): %.4g agents/s after %u runs\n",
               std::string(modeName(config.mode)).c_str(), result->agents_per_second, result->runs);
   if (result->agents_per_second > 0) std::printf("%s", formatRuns({result->at_capacity}).c_str());
