@@ -345,6 +345,145 @@ TEST(TransportTimeoutTest, ASendThatMakesNoProgressFailsWithinTheTimeout) {
   EXPECT_EQ(after.status().code(), StatusCode::timeout);
 }
 
+// ---------------------------------------------------------------- reply routes
+
+// Two engines (two "processes") with a connection each way, as NCCL's one-way
+// comms give a pair of ranks: `forward` from a to b, `back` from b to a.
+class ReplyRouteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    policy_ = examplePolicy("ethernet-testbed.toml");
+    a_ = loopbackEngine(policy_);
+    b_ = loopbackEngine(policy_);
+    ASSERT_TRUE(a_ && b_);
+    forward_ = connectPair(*a_, *b_, 0);
+    back_ = connectPair(*b_, *a_, 0);
+    ASSERT_TRUE(forward_.client && forward_.server && back_.client && back_.server);
+    // Routes are for TCP lanes; with shared memory (the unprefixed run) the
+    // data endpoints have no bare ACKs to save.
+    tcp_only_ = allLanesTcp(forward_.client->lanes()) && allLanesTcp(back_.client->lanes());
+  }
+
+  // One message from `from` to `to`; returns the bytes that arrived.
+  static std::vector<char> deliver(Endpoint& from, Endpoint& to, const std::vector<char>& message,
+                                   std::uint32_t tag) {
+    std::vector<char> received(message.size() + 16, 0);
+    RecvSlot slot{received.data(), received.size(), tag};
+    auto recv = to.postRecv({&slot, 1});
+    EXPECT_TRUE(recv.hasValue()) << recv.status().toString();
+    if (!recv) return {};
+    auto send = from.postSend(message.data(), message.size(), tag, nullptr);
+    EXPECT_TRUE(send.hasValue()) << send.status().toString();
+    if (!send) return {};
+    // Test both together: each test() progresses only its own engine's
+    // worker, and a rendezvous send needs the receiver's.
+    bool sent = false;
+    bool got = false;
+    std::size_t size = 0;
+    Status failure;
+    const bool finished = pollUntil([&] {
+      if (!sent) {
+        Status s = transport::test(*send, &sent, {});
+        if (!s.isOk()) failure = s;
+      }
+      if (!got) {
+        Status s = transport::test(*recv, &got, std::span<std::size_t>(&size, 1));
+        if (!s.isOk()) failure = s;
+      }
+      return (sent && got) || !failure.isOk();
+    });
+    EXPECT_TRUE(finished && failure.isOk()) << failure.toString();
+    if (!got) return {};
+    received.resize(size);
+    return received;
+  }
+
+  // Ping on `forward`, pong on `back`, `count` times, each checked.
+  void pingPong(int count, std::size_t size) {
+    for (int i = 0; i < count; ++i) {
+      std::vector<char> ping = pattern(size, i);
+      ASSERT_EQ(deliver(*forward_.client, *forward_.server, ping, 5), ping) << "ping " << i;
+      std::vector<char> pong = pattern(size, i + 1000);
+      ASSERT_EQ(deliver(*back_.client, *back_.server, pong, 5), pong) << "pong " << i;
+    }
+  }
+
+  qos::Policy policy_;
+  std::shared_ptr<Engine> a_;
+  std::shared_ptr<Engine> b_;
+  EndpointPair forward_;
+  EndpointPair back_;
+  bool tcp_only_ = false;
+};
+
+TEST_F(ReplyRouteTest, OneWorkerSendsItsRepliesOverTheOtherDirectionsConnection) {
+  pingPong(50, 8);
+  if (!tcp_only_) {
+    EXPECT_EQ(a_->counters().reply_route_sends + b_->counters().reply_route_sends, 0u);
+    return;
+  }
+  // The lower-named worker's own connection is the route, so its sends are
+  // not rerouted; every send of the other worker is.
+  const std::uint64_t routed_a = a_->counters().reply_route_sends;
+  const std::uint64_t routed_b = b_->counters().reply_route_sends;
+  EXPECT_EQ(routed_a + routed_b, 50u);
+  EXPECT_TRUE(routed_a == 0 || routed_b == 0) << routed_a << " and " << routed_b;
+  // Up to 64 KiB take the route; larger messages keep their own socket.
+  pingPong(2, 64 * 1024);
+  EXPECT_EQ(a_->counters().reply_route_sends + b_->counters().reply_route_sends, 52u);
+  pingPong(2, 64 * 1024 + 1);
+  EXPECT_EQ(a_->counters().reply_route_sends + b_->counters().reply_route_sends, 52u);
+}
+
+TEST_F(ReplyRouteTest, TheRouteStaysOpenWhileTheOtherDirectionLives) {
+  if (!tcp_only_) GTEST_SKIP() << "shared-memory lanes take no route; the tcp. run covers this";
+  pingPong(1, 8);
+  // The worker whose sends were rerouted is the higher-named one; the route
+  // is the connection the other worker opened. Close that one, both ends,
+  // while the other direction stays.
+  const bool a_rerouted = a_->counters().reply_route_sends == 1;
+  EndpointPair& route = a_rerouted ? back_ : forward_;
+  EndpointPair& other = a_rerouted ? forward_ : back_;
+  Engine& rerouting = a_rerouted ? *a_ : *b_;
+  route.client.reset();
+  route.server.reset();
+  // The surviving direction's messages still arrive, and still go over the
+  // parked route when sent by the rerouting worker.
+  const std::uint64_t before = rerouting.counters().reply_route_sends;
+  for (int i = 0; i < 20; ++i) {
+    std::vector<char> message = pattern(8, i);
+    ASSERT_EQ(deliver(*other.client, *other.server, message, 9), message) << "message " << i;
+  }
+  const bool other_is_rerouting = (&other == &forward_) == a_rerouted;
+  EXPECT_EQ(rerouting.counters().reply_route_sends - before, other_is_rerouting ? 20u : 0u);
+}
+
+TEST_F(ReplyRouteTest, ASendOverTheRouteFailsOnceThePeerHasClosedEverything) {
+  if (!tcp_only_) GTEST_SKIP() << "shared-memory lanes take no route; the tcp. run covers this";
+  pingPong(1, 8);
+  const bool a_rerouted = a_->counters().reply_route_sends == 1;
+  // The lower-named worker closes every connection to the other, which
+  // closes the route; the other's next small send must fail, not hang.
+  EndpointPair& to_lower = a_rerouted ? forward_ : back_;   // rerouting worker is the client
+  EndpointPair& from_lower = a_rerouted ? back_ : forward_;
+  to_lower.server.reset();
+  from_lower.client.reset();
+  from_lower.server.reset();
+  std::vector<char> message = pattern(8, 1);
+  Status outcome;
+  ASSERT_TRUE(pollUntil([&] {
+    auto send = to_lower.client->postSend(message.data(), message.size(), 2, nullptr);
+    if (!send) {
+      if (send.status().code() == StatusCode::again) return false;
+      outcome = std::move(send).status();
+      return true;
+    }
+    outcome = waitRequest(*send);
+    return !outcome.isOk();
+  })) << "sends kept succeeding after the peer closed every connection";
+  EXPECT_EQ(outcome.code(), StatusCode::remote) << outcome.toString();
+}
+
 // Only compiled paths on our machines (no HCA): the judgement itself.
 TEST(LaneTest, OnlyAllTcpLanesCountAsAnRdmaFallback) {
   EXPECT_TRUE(isTcpFallback({"tcp/ib0"}));

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <random>
 
 #include <fmt/format.h>
 
@@ -318,6 +319,13 @@ class EngineImpl final : public Engine {
       : config_(std::move(config)), devices_(std::move(devices)) {}
 
   Status init() {
+    // workerId() gives the device index 8 bits.
+    if (devices_.size() > 256) {
+      return Status(StatusCode::unsupported,
+                    fmt::format("{} devices selected; at most 256 are supported (narrow them "
+                                "with DUALPATH_NET_DEVICES)",
+                                devices_.size()));
+    }
     for (std::size_t i = 0; i < devices_.size(); ++i) {
       DP_TRY_ASSIGN(auto arbiter,
                     qos::LinkArbiter::create(qos::ArbiterConfig::fromPolicy(config_.policy)));
@@ -339,6 +347,8 @@ class EngineImpl final : public Engine {
     handle->version = htobe16(kConnectHandleVersion);
     handle->class_index = class_index;
     handle->policy_digest = htobe64(policyDigest(config_.policy));
+    handle->engine_id = htobe64(engine_id_);
+    handle->device_index = static_cast<std::uint8_t>(device);
     const DeviceInfo& info = devices_[device];
     const bool v6 = info.ip.find(':') != std::string::npos;
     handle->family = v6 ? AF_INET6 : AF_INET;
@@ -406,15 +416,22 @@ class EngineImpl final : public Engine {
     }
     DP_TRY_ASSIGN(std::shared_ptr<Worker> worker, workerFor(device, cls));
     MutexLock lock(worker->mu);
-    DP_TRY_ASSIGN(ConnectState * state, worker->startConnect(handle, port));
+    const std::uint64_t peer_worker = workerId(be64toh(handle.engine_id), handle.device_index, cls);
+    DP_TRY_ASSIGN(ConnectState * state, worker->startConnect(handle, port, peer_worker));
     return std::unique_ptr<Connector>(new ConnectorImpl(worker, state));
   }
 
   qos::LinkArbiter& arbiter(std::size_t device) override { return *arbiters_.at(device); }
 
   TransportCounters counters() const override {
-    MutexLock lock(*counters_mu_);
-    return *counters_;
+    TransportCounters counters;
+    {
+      MutexLock lock(*counters_mu_);
+      counters = *counters_;
+    }
+    std::lock_guard lock(workers_mu_);
+    for (const auto& [key, worker] : workers_) counters.reply_route_sends += worker->replyRouteSends();
+    return counters;
   }
 
  private:
@@ -439,18 +456,27 @@ class EngineImpl final : public Engine {
     auto key = std::pair{device, cls};
     if (auto it = workers_.find(key); it != workers_.end()) return it->second;
     DP_TRY_ASSIGN(std::shared_ptr<Worker> worker,
-                  Worker::create(devices_[device], config_.policy, cls, config_,
+                  Worker::create(workerId(engine_id_, static_cast<std::uint8_t>(device), cls),
+                                 devices_[device], config_.policy, cls, config_,
                                  arbiters_[device], counters_, counters_mu_));
     workers_.emplace(key, worker);
     return worker;
   }
 
+  static std::uint64_t randomEngineId() {
+    std::random_device random;
+    std::uint64_t id = 0;
+    while ((id & ~std::uint64_t{0xffff}) == 0) id = (std::uint64_t{random()} << 32) ^ random();
+    return id;
+  }
+
   const EngineConfig config_;
   const std::vector<DeviceInfo> devices_;
+  const std::uint64_t engine_id_ = randomEngineId();  // workerId()'s high bits
   std::vector<std::shared_ptr<qos::LinkArbiter>> arbiters_;
   std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
   std::shared_ptr<Mutex> counters_mu_ = std::make_shared<Mutex>();
-  std::mutex workers_mu_;
+  mutable std::mutex workers_mu_;
   std::map<std::pair<std::size_t, std::uint8_t>, std::shared_ptr<Worker>> workers_;
 };
 

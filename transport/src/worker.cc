@@ -28,10 +28,13 @@ constexpr unsigned kAmWelcome = 0x45;
 constexpr unsigned kAmPut = 0x46;       // a put chunk (amput)
 constexpr unsigned kAmPutFence = 0x47;  // after a put's chunks: acknowledge once landed
 constexpr unsigned kAmPutAck = 0x48;    // the fence's answer
-constexpr std::uint32_t kWireMagic = 0x44504831;  // "DPH1"
+constexpr std::uint32_t kWireMagic = 0x44504832;  // "DPH2"
 constexpr std::size_t kChunkPoolSize = 1024;
 constexpr std::size_t kRequestPoolSize = kMaxRequestsPerEndpoint * (1 + kMaxRecvsPerRequest);
 constexpr qos::TimeNs kTimeoutScanPeriodNs = 1'000'000;
+// Larger messages keep their own connection: a reply route is one TCP
+// stream, and bulk transfers want their sockets in parallel.
+constexpr std::size_t kReplyRouteMaxBytes = 64 * 1024;
 
 // Hello (client → server) and welcome (server → client), as AM headers.
 struct HelloWire {
@@ -40,8 +43,10 @@ struct HelloWire {
   std::uint64_t listener_id;
   std::uint64_t policy_digest;
   std::uint64_t chunk_bytes;  // the sender's chunk for this class; max = unchunked
+  std::uint64_t client_worker;       // workerId() of the client
+  std::uint32_t route_endpoint_id;   // the client's reply route to this worker, or 0
   std::uint8_t class_index;
-  std::uint8_t pad[7];
+  std::uint8_t pad[3];
 };
 struct WelcomeWire {
   std::uint32_t magic;
@@ -225,24 +230,26 @@ bool Request::finished() const {
   return false;
 }
 
-Worker::Worker(DeviceInfo device, std::uint8_t class_index,
+Worker::Worker(std::uint64_t worker_id, DeviceInfo device, std::uint8_t class_index,
                EngineConfig config, std::shared_ptr<qos::LinkArbiter> arbiter,
                std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu)
-    : device_(std::move(device)),
+    : worker_id_(worker_id),
+      device_(std::move(device)),
       class_index_(class_index),
       config_(std::move(config)),
       arbiter_(std::move(arbiter)),
       counters_(std::move(counters)),
       counters_mu_(std::move(counters_mu)) {}
 
-Result<std::shared_ptr<Worker>> Worker::create(const DeviceInfo& device,
+Result<std::shared_ptr<Worker>> Worker::create(std::uint64_t worker_id,
+                                               const DeviceInfo& device,
                                                const qos::Policy& policy,
                                                std::uint8_t class_index,
                                                const EngineConfig& config,
                                                std::shared_ptr<qos::LinkArbiter> arbiter,
                                                std::shared_ptr<TransportCounters> counters,
                                                std::shared_ptr<Mutex> counters_mu) {
-  std::shared_ptr<Worker> worker(new Worker(device, class_index, config,
+  std::shared_ptr<Worker> worker(new Worker(worker_id, device, class_index, config,
                                             std::move(arbiter), std::move(counters),
                                             std::move(counters_mu)));
   DP_TRY(worker->init(policy));
@@ -333,9 +340,11 @@ Worker::~Worker() {
   // Close every endpoint, then give UCX a short, bounded time to finish what
   // points into our pools. A flushing close needs the peer to progress its
   // worker, which a peer that has finished may never do again.
+  peers_.clear();
   for (auto& [id, connection] : connections_) {
-    if (!connection->retired) ++retired_count_;
+    if (!connection->retired || connection->parked) ++retired_count_;
     connection->retired = true;
+    connection->parked = false;
     closeEp(*connection, /*force=*/true);
   }
   const qos::TimeNs deadline =
@@ -452,7 +461,7 @@ void Worker::reapRetired() {
   if (retired_count_ == 0) return;
   for (auto it = connections_.begin(); it != connections_.end();) {
     Connection& c = *it->second;
-    if (c.retired && !c.close_posted) closeEp(c, /*force=*/!c.failure.isOk());
+    if (c.retired && !c.parked && !c.close_posted) closeEp(c, /*force=*/!c.failure.isOk());
     if (c.retired && c.closed && c.ucx_outstanding == 0) {
       it = connections_.erase(it);
       --retired_count_;
@@ -580,7 +589,6 @@ void Worker::closeEp(Connection& connection, bool force) {
 void Worker::retire(Connection* connection) {
   if (connection == nullptr || connection->retired) return;
   connection->retired = true;
-  ++retired_count_;
   // Receives nobody will test again: cancel them so UCX lets go of the buffers.
   for (Request& r : connection->requests) {
     if (!r.in_use) continue;
@@ -598,6 +606,8 @@ void Worker::retire(Connection* connection) {
   // of a client-server endpoint waits for a disconnect handshake that UCX
   // 1.13 does not always finish, which kept sockets open (measured: 3.6 fds
   // per connection after 1,000 cycles).
+  if (releaseOnRetire(*connection)) return;
+  ++retired_count_;
   closeEp(*connection, /*force=*/true);
 }
 
@@ -622,11 +632,17 @@ void Worker::fail(Connection& connection, Status reason) {
     }
   }
   connection.pending_posts.clear();
+  forgetRoute(connection);
   closeEp(connection, /*force=*/true);
 }
 
 void Worker::onEpError(ucp_ep_h ep, ucs_status_t status) {
   Connection* connection = findByEp(ep);
+  if (connection != nullptr && connection->parked) {
+    // Nobody owns a parked route any more: it only has to stop being used.
+    fail(*connection, fromUcs(status, fmt::format("peer {}", connection->peer)));
+    return;
+  }
   if (connection == nullptr || connection->retired) return;
   bumpCounter(&TransportCounters::peer_failures);
   fail(*connection, fromUcs(status, fmt::format("peer {}", connection->peer)));
@@ -635,6 +651,74 @@ void Worker::onEpError(ucp_ep_h ep, ucs_status_t status) {
       pending->failure = connection->failure;
     }
   }
+}
+
+// ---------------------------------------------------------------- reply routes
+
+void Worker::countLive(Connection& connection) {
+  if (connection.peer_worker == 0 || connection.counted_live) return;
+  connection.counted_live = true;
+  ++peers_[connection.peer_worker].live;
+}
+
+void Worker::setRoute(std::uint64_t peer_worker, Connection* route) {
+  PeerRoutes& peer = peers_[peer_worker];
+  if (peer.route == route) return;
+  if (peer.route != nullptr && peer.route->parked) unpark(*peer.route);
+  peer.route = route;
+}
+
+bool Worker::releaseOnRetire(Connection& connection) {
+  if (!connection.counted_live) return false;
+  connection.counted_live = false;
+  auto it = peers_.find(connection.peer_worker);
+  PeerRoutes& peer = it->second;
+  --peer.live;
+  if (peer.live > 0) {
+    if (peer.route != &connection) return false;
+    // A route that never got its welcome carries nothing: close it now.
+    if (connection.established && connection.failure.isOk()) {
+      connection.parked = true;
+      return true;
+    }
+    peer.route = nullptr;
+    return false;
+  }
+  if (peer.route != nullptr && peer.route != &connection && peer.route->parked) {
+    unpark(*peer.route);
+  }
+  peers_.erase(it);
+  return false;
+}
+
+void Worker::forgetRoute(Connection& connection) {
+  auto it = peers_.find(connection.peer_worker);
+  if (it == peers_.end() || it->second.route != &connection) return;
+  it->second.route = nullptr;
+  if (connection.parked) unpark(connection);
+}
+
+void Worker::unpark(Connection& connection) {
+  connection.parked = false;
+  ++retired_count_;
+  closeEp(connection, /*force=*/true);  // as retire() does, for the same reason
+}
+
+ucp_ep_h Worker::sendEp(Connection& connection, const Request& request) {
+  // One chunk only: the chunks of a message must stay in order on one
+  // endpoint, and a message of one chunk is posted whole.
+  if (!connection.tcp_only || request.chunks_total != 1 || request.size > kReplyRouteMaxBytes) {
+    return connection.dataEp();
+  }
+  auto it = peers_.find(connection.peer_worker);
+  if (it == peers_.end()) return connection.dataEp();
+  const Connection* route = it->second.route;
+  if (route == nullptr || route == &connection || !route->established || !route->tcp_only ||
+      !route->failure.isOk() || route->ep == nullptr) {
+    return connection.dataEp();
+  }
+  reply_route_sends_.fetch_add(1, std::memory_order_relaxed);
+  return route->ep;
 }
 
 // ---------------------------------------------------------------- posting
@@ -682,7 +766,8 @@ void Worker::pumpPosts(Connection& connection, qos::TimeNs now) {
       param.user_data = chunk;
       void* op = nullptr;
       if (r->kind == RequestKind::send) {
-        op = ucp_tag_send_nbx(connection.dataEp(), r->data + offset, bytes, r->tag_bits, &param);
+        op = ucp_tag_send_nbx(sendEp(connection, *r), r->data + offset, bytes, r->tag_bits,
+                              &param);
       } else if (connection.am_puts) {
         putLe(chunk->am_header.data(), connection.remote_id, 4);
         putLe(chunk->am_header.data() + 4, 0, 4);
@@ -1105,6 +1190,8 @@ ucs_status_t Worker::onHello(const void* header, std::size_t length,
   } else {
     c.remote_id = hello.client_endpoint_id;
     c.peer_chunk_bytes = hello.chunk_bytes;
+    c.peer_worker = hello.client_worker;
+    countLive(c);
     if (Status opened = openDataEp(c, peer_address); !opened.isOk()) refusal = opened.message();
   }
   welcome.chunk_bytes = arbiter_->maxPostBytes(class_index_);
@@ -1116,17 +1203,25 @@ ucs_status_t Worker::onHello(const void* header, std::size_t length,
     return UCS_OK;
   }
   checkLanes(c);
-  c.am_puts = allLanesTcp(lanes(c));
+  c.tcp_only = allLanesTcp(lanes(c));
+  c.am_puts = c.tcp_only;
   if (!c.failure.isOk()) {
     retire(&c);
     return UCS_OK;
+  }
+  c.established = true;
+  // The lower-named worker chooses the route and names it in every hello;
+  // the route's own hello names itself.
+  if (hello.route_endpoint_id == hello.client_endpoint_id && hello.client_worker < worker_id_) {
+    setRoute(c.peer_worker, &c);
   }
   bumpCounter(&TransportCounters::connections);
   accepting.listener->ready.push_back(&c);
   return UCS_OK;
 }
 
-Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uint16_t port) {
+Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uint16_t port,
+                                           std::uint64_t peer_worker) {
   sockaddr_storage address{};
   socklen_t length = 0;
   if (handle.family == AF_INET) {
@@ -1160,6 +1255,14 @@ Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uin
     return std::move(connection).status();
   }
   Connection& c = **connection;
+  c.peer_worker = peer_worker;
+  countLive(c);
+  std::uint32_t route_endpoint_id = 0;
+  if (worker_id_ < peer_worker) {
+    PeerRoutes& routes = peers_[peer_worker];
+    if (routes.route == nullptr) routes.route = &c;
+    route_endpoint_id = routes.route->local_id;
+  }
 
   HelloWire hello{};
   hello.magic = kWireMagic;
@@ -1168,6 +1271,8 @@ Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uin
   hello.policy_digest = policy_digest_;
   hello.class_index = class_index_;
   hello.chunk_bytes = arbiter_->maxPostBytes(class_index_);
+  hello.client_worker = worker_id_;
+  hello.route_endpoint_id = route_endpoint_id;
   std::memcpy(c.hello.data(), &hello, sizeof(hello));
   auto state = std::make_unique<ConnectState>();
   state->connection = &c;
@@ -1217,11 +1322,13 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length,
     return UCS_OK;
   }
   checkLanes(c);
-  c.am_puts = allLanesTcp(lanes(c));
+  c.tcp_only = allLanesTcp(lanes(c));
+  c.am_puts = c.tcp_only;
   if (!c.failure.isOk()) {
     state.failure = c.failure;
     return UCS_OK;
   }
+  c.established = true;
   bumpCounter(&TransportCounters::connections);
   state.welcomed = true;
   return UCS_OK;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -73,6 +74,13 @@ inline std::uint32_t callerTag(std::uint64_t bits) {
   return static_cast<std::uint32_t>(bits >> kSeqBits);
 }
 }  // namespace tagbits
+
+// A worker's name across processes: its engine's random id with the device
+// index and class in the low 16 bits. Two workers compare names to agree on
+// which of their connections is the reply route (Worker::sendEp).
+inline std::uint64_t workerId(std::uint64_t engine_id, std::uint8_t device, std::uint8_t cls) {
+  return (engine_id & ~std::uint64_t{0xffff}) | (std::uint64_t{device} << 8) | cls;
+}
 
 // Counts messages per caller tag, so the k-th send with tag t meets the k-th
 // receive buffer with tag t: NCCL's "posting order, tag picks the buffer".
@@ -181,6 +189,12 @@ struct Connection {
   std::array<CloseSlot, 2> close_slots{};  // data_ep, ep
   void* handshake_request = nullptr;       // the hello or welcome in flight
   bool handshake_done = false;
+  bool established = false;  // welcomed (client) or hello accepted (server)
+  std::uint64_t peer_worker = 0;  // workerId() of the other end; 0 until known
+  bool counted_live = false;      // counted in its PeerRoutes::live
+  // The reply route, retired by its owner but kept open for the other
+  // connections to the same peer worker (Worker::retire).
+  bool parked = false;
   std::uint32_t local_id = 0;
   std::uint32_t remote_id = 0;
   std::string peer;
@@ -191,6 +205,7 @@ struct Connection {
   std::size_t ucx_outstanding = 0;  // UCX requests pointing into this connection
   std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class
   bool am_puts = false;  // every lane is TCP: puts go as our active messages
+  bool tcp_only = false;  // every lane is TCP: small sends may take the reply route
   // Fences the peer asked us to acknowledge, waiting for a chunk to send in.
   std::vector<std::pair<std::uint32_t, std::uint64_t>> pending_acks;
 
@@ -225,7 +240,8 @@ struct ConnectState {
 
 class Worker {
  public:
-  static Result<std::shared_ptr<Worker>> create(const DeviceInfo& device,
+  static Result<std::shared_ptr<Worker>> create(std::uint64_t worker_id,
+                                                const DeviceInfo& device,
                                                 const qos::Policy& policy,
                                                 std::uint8_t class_index,
                                                 const EngineConfig& config,
@@ -242,8 +258,9 @@ class Worker {
   void progress() DP_REQUIRES(mu);
   Result<ListenerState*> createListener(std::uint16_t* port) DP_REQUIRES(mu);
   void destroyListener(ListenerState* state) DP_REQUIRES(mu);
-  Result<ConnectState*> startConnect(const ConnectHandle& handle, std::uint16_t port)
-      DP_REQUIRES(mu);
+  // `peer_worker`: the workerId() of the handle's listener for this class.
+  Result<ConnectState*> startConnect(const ConnectHandle& handle, std::uint16_t port,
+                                     std::uint64_t peer_worker) DP_REQUIRES(mu);
   void abandonConnect(ConnectState* state) DP_REQUIRES(mu);
   void retire(Connection* connection) DP_REQUIRES(mu);
   void fail(Connection& connection, Status reason) DP_REQUIRES(mu);
@@ -260,6 +277,10 @@ class Worker {
   std::vector<std::string> lanes(const Connection& connection) DP_REQUIRES(mu);
 
   ucp_context_h context() const { return context_; }
+  // Sends that went over the reply route rather than their own connection.
+  std::uint64_t replyRouteSends() const {
+    return reply_route_sends_.load(std::memory_order_relaxed);
+  }
   qos::LinkArbiter& arbiter() const { return *arbiter_; }
   std::uint8_t classIndex() const { return class_index_; }
 
@@ -282,7 +303,7 @@ class Worker {
   void removeRegion(const void* base, std::size_t length) DP_REQUIRES(mu);
 
  private:
-  Worker(DeviceInfo device, std::uint8_t class_index,
+  Worker(std::uint64_t worker_id, DeviceInfo device, std::uint8_t class_index,
          EngineConfig config, std::shared_ptr<qos::LinkArbiter> arbiter,
          std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu);
   Status init(const qos::Policy& policy);
@@ -298,6 +319,32 @@ class Worker {
       DP_REQUIRES(mu);
   void bumpCounter(std::uint64_t TransportCounters::*counter);
 
+  // Reply routes. NCCL's comms are one-way, so a ping and its pong travel on
+  // two connections; over TCP each direction then has its own socket, and
+  // the receiving kernel sends a bare ACK for every message (measured: +2.4
+  // us one way on loopback). Between two workers, one connection opened by
+  // the lower-named worker is the reply route: both workers send their small
+  // single-chunk messages over it, so each reply carries the ACK of the
+  // message before it. Tags name the receiving connection, so any endpoint
+  // to the peer worker delivers correctly; the route only has to stay open
+  // while either side may still send over it: while its worker has any
+  // unretired connection to that peer.
+  struct PeerRoutes {
+    Connection* route = nullptr;
+    std::size_t live = 0;  // unretired connections to the peer worker
+  };
+  ucp_ep_h sendEp(Connection& connection, const Request& request) DP_REQUIRES(mu);
+  void countLive(Connection& connection) DP_REQUIRES(mu);
+  void setRoute(std::uint64_t peer_worker, Connection* route) DP_REQUIRES(mu);
+  // Called when `connection` retires: parks it if it is the route and
+  // other connections to its peer remain, and lets a parked route go once
+  // none do. Returns whether it parked `connection`.
+  bool releaseOnRetire(Connection& connection) DP_REQUIRES(mu);
+  // A failed route is no route; a parked one closes now.
+  void forgetRoute(Connection& connection) DP_REQUIRES(mu);
+  void unpark(Connection& connection) DP_REQUIRES(mu);
+
+  const std::uint64_t worker_id_;
   const DeviceInfo device_;
   const std::uint8_t class_index_;
   const EngineConfig config_;
@@ -331,6 +378,8 @@ class Worker {
   // on several endpoints of this worker.
   std::vector<std::pair<std::uintptr_t, std::size_t>> regions_ DP_GUARDED_BY(mu);
   std::uint64_t next_put_serial_ DP_GUARDED_BY(mu) = 1;
+  std::unordered_map<std::uint64_t, PeerRoutes> peers_ DP_GUARDED_BY(mu);
+  std::atomic<std::uint64_t> reply_route_sends_{0};
 
   void pumpAcks(Connection& connection) DP_REQUIRES(mu);
   Connection* liveConnection(std::uint32_t local_id) DP_REQUIRES(mu);

@@ -70,13 +70,15 @@ struct ConnectHandle {
   std::uint64_t listener_id;    // echoed in the hello so a stale handle is refused
   std::uint64_t policy_digest;  // both ends must run the same class table
   std::uint64_t stage;          // local: the Connector* of a pending connect
-  std::array<std::uint8_t, 48> reserved;
+  std::uint64_t engine_id;      // the listener's engine and device: names its workers
+  std::uint8_t device_index;
+  std::array<std::uint8_t, 39> reserved;
 };
 static_assert(std::is_trivially_copyable_v<ConnectHandle>);
 static_assert(std::is_standard_layout_v<ConnectHandle>);
 static_assert(sizeof(ConnectHandle) == kConnectHandleBytes);
 inline constexpr std::uint32_t kConnectHandleMagic = 0x44505448;  // "DPTH"
-inline constexpr std::uint16_t kConnectHandleVersion = 1;
+inline constexpr std::uint16_t kConnectHandleVersion = 2;
 
 struct EngineConfig {
   qos::Policy policy;
@@ -91,6 +93,9 @@ struct TransportCounters {
   std::uint64_t rdma_fallbacks = 0;  // RDMA device, but UCX chose TCP lanes
   std::uint64_t timeouts = 0;
   std::uint64_t peer_failures = 0;
+  // Small sends that went over the connection both workers picked as their
+  // reply route, instead of their own (TCP only; docs/plugin.md).
+  std::uint64_t reply_route_sends = 0;
 };
 
 // Registered memory. Owned by the caller; must outlive every operation that
