@@ -33,6 +33,12 @@ constexpr double kMinStartShare = 0.05;
 // much from rounding alone.
 constexpr double kCapacitySlack = 1e-9;
 
+// Byte totals summed in different orders agree to rounding, relative to the
+// larger of the two.
+bool sameBytes(double a, double b, double relative_tolerance) {
+  return std::fabs(a - b) <= relative_tolerance * std::max({1.0, std::fabs(a), std::fabs(b)});
+}
+
 enum LinkKind : std::uint8_t { snic_read, snic_write, cnic_read, cnic_write, dram, kLinkKinds };
 constexpr std::array<std::string_view, kLinkKinds> kLinkKindNames = {
     "snic-read", "snic-write", "cnic-read", "cnic-write", "dram"};
@@ -64,6 +70,7 @@ struct AgentState {
   EngineIndex prefill_engine = 0, decode_engine = 0;
   std::uint64_t prefill_path_tokens = 0, decode_path_tokens = 0;
   std::uint32_t reads_pending = 0;
+  std::uint32_t chunks_prefilled = 0;  // of the current turn, counted as each batch ends
   bool prefill_path_read = false;   // its PE-path blocks are in the PE node's buffer
   bool decode_buffer_held = false;  // the DE node's buffer holds room for its context
   double arrival = 0, decode_join = 0;
@@ -657,8 +664,6 @@ void Simulator::tryStartBatch(std::uint32_t index) {
       engine.flow.push_back({engine.cnic_write, decode_path});
       engine.flow_traffic.pe_host_to_device += prefill_path;
       engine.flow_traffic.relay += decode_path;
-      expected_.pe_host_to_device += prefill_path;
-      expected_.relay += decode_path;
       if (layerwise_ && entry.completes_request) addHandoff(engine, entry);
     }
   }
@@ -710,9 +715,16 @@ void Simulator::batchDone(std::uint32_t index) {
   engine.batch = {};
   for (const scheduler::BatchEntry& entry : batch.entries) {
     engine.tokens -= std::min(engine.tokens, entry.new_tokens);
-    if (!entry.completes_request) continue;
     const std::uint32_t agent = static_cast<std::uint32_t>(entry.request_id);
     AgentState& state = agents_[agent];
+    ++state.chunks_prefilled;
+    if (!entry.completes_request) continue;
+    // Every chunk loaded the request's cached KV once, over the paths its
+    // read plan chose.
+    const double chunks = state.chunks_prefilled;
+    state.chunks_prefilled = 0;
+    expected_.pe_host_to_device += chunks * static_cast<double>(state.prefill_path_tokens) * kv_bytes_per_token_;
+    expected_.relay += chunks * static_cast<double>(state.decode_path_tokens) * kv_bytes_per_token_;
     engine.requests -= 1;
     if (measured(state)) ttft_.push_back(now_ - state.arrival);
     if (state.prefill_path_tokens > 0) {
@@ -928,12 +940,11 @@ SimReport Simulator::report() const {
   // CNIC read side, one CNIC write side and one DRAM.
   const double copies = traffic_.pe_host_to_device + traffic_.relay + traffic_.handoff +
                         traffic_.de_host_to_device;
-  r.link_bytes_match = [&] {
-    auto near = [](double a, double b) { return std::fabs(a - b) <= 1e-9 * std::max(1.0, std::fabs(b)); };
-    return near(kinds[snic_read].bytes, traffic_.storage_read_pe_path + traffic_.storage_read_de_path) &&
-           near(kinds[snic_write].bytes, traffic_.write_back) && near(kinds[cnic_read].bytes, copies) &&
-           near(kinds[cnic_write].bytes, copies) && near(kinds[dram].bytes, copies);
-  }();
+  auto near = [](double a, double b) { return sameBytes(a, b, 1e-9); };
+  r.link_bytes_match =
+      near(kinds[snic_read].bytes, traffic_.storage_read_pe_path + traffic_.storage_read_de_path) &&
+      near(kinds[snic_write].bytes, traffic_.write_back) && near(kinds[cnic_read].bytes, copies) &&
+      near(kinds[cnic_write].bytes, copies) && near(kinds[dram].bytes, copies);
   r.scheduler_rounds = rounds_;
   r.events = events_processed_;
   return r;
@@ -942,9 +953,7 @@ SimReport Simulator::report() const {
 }  // namespace
 
 bool SimReport::bytesConserved(double tolerance) const noexcept {
-  auto same = [&](double a, double b) {
-    return std::fabs(a - b) <= tolerance * std::max({1.0, std::fabs(a), std::fabs(b)});
-  };
+  auto same = [&](double a, double b) { return sameBytes(a, b, tolerance); };
   return link_bytes_match && same(traffic.storage_read_pe_path, expected.storage_read_pe_path) &&
          same(traffic.storage_read_de_path, expected.storage_read_de_path) &&
          same(traffic.relay, expected.relay) &&
