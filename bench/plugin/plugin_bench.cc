@@ -24,7 +24,9 @@
 #include <link.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -98,6 +100,11 @@ struct Options {
   int batches = 10;
   int reps = 5;
   std::string buffers = "distinct";
+  std::string memory = "heap";
+  // CPUs for rank 0 / ucx_perftest's client and for the peer / its server; empty: the first
+  // two CPUs the driver may use, or unpinned when it may use only one.
+  std::vector<int> pin;
+  bool no_pin = false;
   std::string tls_tcp = "tcp";
   std::string tls_shm = "sm,tcp";
   std::vector<std::string> env_tcp;
@@ -110,6 +117,7 @@ struct Options {
   std::string json_out;
   bool verbose = false;
   // Hidden, filled by the driver for the ranks.
+  int cpu = -1;
   std::uint64_t comm_id = 0;
   std::vector<std::size_t> sizes;
   std::vector<long> bw_msgs;
@@ -298,17 +306,41 @@ void check(abi::NcclResult r, const char* call) {
   }
 }
 
-struct AlignedFree {
-  void operator()(char* p) const { std::free(p); }
+// heap: private pages from aligned_alloc. sysv: a System V shared-memory segment, which is
+// what ucx_perftest's buffers are (UCX allocates them through its sysv memory domain first;
+// its /proc/PID/maps shows /SYSV00000000): over shared memory the kernel's cross-process copy
+// is measurably faster on shared pages than on private ones here (docs/performance.md).
+struct BufferFree {
+  bool sysv = false;
+  void operator()(char* p) const {
+    if (sysv) {
+      ::shmdt(p);
+    } else {
+      std::free(p);
+    }
+  }
 };
-using Buffer = std::unique_ptr<char, AlignedFree>;
+using Buffer = std::unique_ptr<char, BufferFree>;
 
-Buffer allocate(std::size_t bytes) {
+Buffer allocate(std::size_t bytes, const std::string& memory) {
   const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + 4095) / 4096 * 4096;
-  char* p = static_cast<char*>(std::aligned_alloc(4096, rounded));
-  if (p == nullptr) fail(fmt::format("cannot allocate {} bytes", rounded));
-  std::memset(p, 0, rounded);  // fault the pages in before anything is timed
-  return Buffer(p);
+  Buffer buffer(nullptr, BufferFree{memory == "sysv"});
+  if (memory == "sysv") {
+    const int id = ::shmget(IPC_PRIVATE, rounded, IPC_CREAT | 0600);
+    if (id < 0) fail(fmt::format("shmget of {} bytes: {}", rounded, std::strerror(errno)));
+    void* p = ::shmat(id, nullptr, 0);
+    const int attach_errno = errno;
+    ::shmctl(id, IPC_RMID, nullptr);  // the segment goes with its last detach
+    if (p == reinterpret_cast<void*>(-1)) {
+      fail(fmt::format("shmat of {} bytes: {}", rounded, std::strerror(attach_errno)));
+    }
+    buffer.reset(static_cast<char*>(p));
+  } else {
+    buffer.reset(static_cast<char*>(std::aligned_alloc(4096, rounded)));
+    if (buffer == nullptr) fail(fmt::format("cannot allocate {} bytes", rounded));
+  }
+  std::memset(buffer.get(), 0, rounded);  // fault the pages in before anything is timed
+  return buffer;
 }
 
 // Slot k of a bandwidth window holds words seeded by k: a misrouted or torn message shows.
@@ -443,9 +475,9 @@ class Rank {
     }
     pool_bytes_ = pool;
     // Rank 0 sends the bulk data, rank 1 receives it; both send and receive 8-byte messages.
-    bulk_ = allocate(pool);
-    ctl_send_ = allocate(4096);
-    ctl_recv_ = allocate(4096);
+    bulk_ = allocate(pool, o_.memory);
+    ctl_send_ = allocate(4096, o_.memory);
+    ctl_recv_ = allocate(4096, o_.memory);
     void* bulk_comm = rank0_ ? send_comm_ : recv_comm_;
     check(net_->regMr(bulk_comm, bulk_.get(), pool, abi::kPtrHost, &bulk_mh_), "regMr (bulk)");
     check(net_->regMr(send_comm_, ctl_send_.get(), 4096, abi::kPtrHost, &ctl_send_mh_),
@@ -735,6 +767,14 @@ int runRank(const Options& o) {
   g_rank_name = rank0 ? "rank0" : "peer";
   g_verbose = o.verbose;
   try {
+    if (o.cpu >= 0) {
+      cpu_set_t cpus;
+      CPU_ZERO(&cpus);
+      CPU_SET(o.cpu, &cpus);
+      if (::sched_setaffinity(0, sizeof(cpus), &cpus) != 0) {
+        fail(fmt::format("pinning to CPU {}: {}", o.cpu, std::strerror(errno)));
+      }
+    }
     if (o.sizes.empty() || o.sizes.size() != o.windows.size() ||
         o.sizes.size() != o.bw_msgs.size() || o.sizes.size() != o.bw_warmup.size()) {
       fail("--role needs --sizes-bytes, --windows, --bw-msgs and --bw-warmup of equal length "
@@ -925,7 +965,12 @@ PerftestResult runPerftestOnce(const Options& o, const std::vector<std::string>&
   *retry = false;
   const std::uint16_t port = freePort();
   const std::string port_s = std::to_string(port);
-  Child server = spawn("perftest-server", o.perftest, true, {o.perftest, "-p", port_s}, env, {});
+  std::vector<std::string> server_argv{o.perftest, "-p", port_s};
+  if (!o.pin.empty()) {
+    server_argv.push_back("-c");
+    server_argv.push_back(std::to_string(o.pin[1]));
+  }
+  Child server = spawn("perftest-server", o.perftest, true, server_argv, env, {});
   // ucx_perftest prints nothing unbuffered when it listens and its client does not retry a
   // refused connect: wait (bounded) until the port is in LISTEN state, or the server exits.
   const std::int64_t listen_deadline = nowNs() + static_cast<std::int64_t>(o.wait_timeout_s * 1e9);
@@ -952,6 +997,10 @@ PerftestResult runPerftestOnce(const Options& o, const std::vector<std::string>&
   std::vector<std::string> argv{o.perftest, "127.0.0.1", "-p", port_s, "-t", test,
                                 "-s", std::to_string(size), "-n", std::to_string(iters),
                                 "-w", std::to_string(warmup)};
+  if (!o.pin.empty()) {
+    argv.push_back("-c");
+    argv.push_back(std::to_string(o.pin[0]));
+  }
   if (test == "tag_bw" && o.perftest_window > 0) {
     argv.push_back("-O");
     argv.push_back(std::to_string(o.perftest_window));
@@ -1041,12 +1090,17 @@ PluginRun runPluginPair(const Options& o, const std::vector<std::string>& env) {
       "--lat-warmup",   std::to_string(o.lat_warmup),
       "--batches",      std::to_string(o.batches),
       "--buffers",      o.buffers,
+      "--memory",       o.memory,
       "--wait-timeout", fmt::format("{}", o.wait_timeout_s),
       "--comm-id",      std::to_string(rng())};
   if (o.verbose) common.push_back("--verbose");
   auto argv_for = [&](const char* role) {
     std::vector<std::string> argv{"dualpath-plugin-bench", "--role", role};
     argv.insert(argv.end(), common.begin(), common.end());
+    if (!o.pin.empty()) {
+      argv.push_back("--cpu");
+      argv.push_back(std::to_string(o.pin[std::string_view(role) == "rank0" ? 0 : 1]));
+    }
     return argv;
   };
   Child rank0 = spawn("rank0", "/proc/self/exe", false, argv_for("rank0"), env,
@@ -1188,6 +1242,28 @@ int runDriver(const Options& in, int argc, char** argv) {
   }
   if (o.iters > 0) o.lat_iters = o.iters;
   o.lat_warmup = std::max<long>(o.lat_iters / 10, 10);
+  // Only CPUs this process may run on: a cpuset or taskset narrows the machine.
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+    fail(fmt::format("sched_getaffinity: {}", std::strerror(errno)));
+  }
+  std::vector<int> allowed_cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &allowed)) allowed_cpus.push_back(cpu);
+  }
+  if (o.no_pin) {
+    o.pin.clear();
+  } else if (o.pin.empty() && allowed_cpus.size() >= 2) {
+    o.pin = {allowed_cpus[0], allowed_cpus[1]};
+  }
+  for (int cpu : o.pin) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed)) {
+      fail(fmt::format("--pin {}: CPU {} is not one this process may use ({}); use --no-pin to "
+                       "leave placement to the scheduler",
+                       joinList(o.pin), cpu, joinList(allowed_cpus)));
+    }
+  }
 
   struct Transport {
     std::string name;
@@ -1281,7 +1357,9 @@ int runDriver(const Options& in, int argc, char** argv) {
                       {"bw_messages", o.bw_msgs}, {"bw_warmup", o.bw_warmup},
                       {"lat_iterations", o.lat_iters}, {"lat_warmup", o.lat_warmup},
                       {"lat_batches", o.batches}, {"reps", o.reps},
-                      {"buffers", o.buffers},     {"ucx_tls_tcp", o.tls_tcp},
+                      {"buffers", o.buffers},     {"memory", o.memory},
+                      {"pin", o.pin},
+                      {"ucx_tls_tcp", o.tls_tcp},
                       {"ucx_tls_shm", o.tls_shm}, {"env_tcp", o.env_tcp},
                       {"env_shm", o.env_shm},     {"perftest_window", o.perftest_window}};
   Json results = Json::array();
@@ -1355,10 +1433,14 @@ int runDriver(const Options& in, int argc, char** argv) {
   text += fmt::format("machine: {} CPUs, Linux {}, UCX {}; plugin {}\n", cpus, un.release, ucx,
                       o.plugin);
   text += fmt::format(
-      "config: sizes {} windows {} ({} buffers), {} messages (+{} warm-up); latency {} x 8 B "
-      "ping-pong (+{}), {} batches; {} repetition(s), medians shown\n",
-      joinList(o.sizes), joinList(o.windows), o.buffers, joinList(o.bw_msgs),
-      joinList(o.bw_warmup), o.lat_iters, o.lat_warmup, o.batches, o.reps);
+      "config: sizes {} windows {} ({} buffers, {} memory), {} messages (+{} warm-up); latency {} "
+      "x 8 B ping-pong (+{}), {} batches; {} repetition(s), medians shown; {}\n",
+      joinList(o.sizes), joinList(o.windows), o.buffers, o.memory, joinList(o.bw_msgs),
+      joinList(o.bw_warmup), o.lat_iters, o.lat_warmup, o.batches, o.reps,
+      o.pin.empty() ? std::string("unpinned")
+                    : fmt::format("pinned: rank 0 and the perftest client on CPU {}, the peer and "
+                                  "the perftest server on CPU {}",
+                                  o.pin[0], o.pin[1]));
   text += fmt::format(
       "env (both plugin ranks and ucx_perftest; plus UCX_NET_DEVICES=lo DUALPATH_NET_DEVICES=lo): "
       "tcp: UCX_TLS={} {}; shm: UCX_TLS={} {}\n",
@@ -1424,6 +1506,17 @@ int main(int argc, char** argv) {
                  "distinct: one buffer per window slot (NCCL-like); shared: one buffer for all "
                  "messages (as ucx_perftest)")
       ->check(CLI::IsMember({"distinct", "shared"}));
+  app.add_option("--memory", o.memory,
+                 "heap: private pages (aligned_alloc); sysv: System V shared memory, as "
+                 "ucx_perftest's buffers (UCX allocates them so)")
+      ->check(CLI::IsMember({"heap", "sysv"}));
+  app.add_option("--pin", o.pin,
+                 "CPUs for rank 0 and ucx_perftest's client, and for the peer and its server "
+                 "(ucx_perftest -c); both programs are placed alike (default: the first two CPUs "
+                 "this process may use)")
+      ->delimiter(',')
+      ->expected(2);
+  app.add_flag("--no-pin", o.no_pin, "leave process placement to the scheduler");
   app.add_option("--ucx-tls-tcp", o.tls_tcp, "UCX_TLS for --transport tcp");
   app.add_option("--ucx-tls-shm", o.tls_shm,
                  "UCX_TLS for --transport shm (the plugin connects over UCX's client-server "
@@ -1449,6 +1542,7 @@ int main(int argc, char** argv) {
   app.add_option("--bw-msgs", o.bw_msgs)->group("")->delimiter(',');
   app.add_option("--bw-warmup", o.bw_warmup)->group("")->delimiter(',');
   app.add_option("--lat-warmup", o.lat_warmup)->group("");
+  app.add_option("--cpu", o.cpu)->group("");
   CLI11_PARSE(app, argc, argv);
 
   try {
