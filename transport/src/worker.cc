@@ -28,10 +28,14 @@ constexpr unsigned kAmWelcome = 0x45;
 constexpr unsigned kAmPut = 0x46;       // a put chunk (amput)
 constexpr unsigned kAmPutFence = 0x47;  // after a put's chunks: acknowledge once landed
 constexpr unsigned kAmPutAck = 0x48;    // the fence's answer
-constexpr std::uint32_t kWireMagic = 0x44504832;  // "DPH2"
+constexpr std::uint32_t kWireMagic = 0x44504833;  // "DPH3"
 constexpr std::size_t kChunkPoolSize = 1024;
 constexpr std::size_t kRequestPoolSize = kMaxRequestsPerEndpoint * (1 + kMaxRecvsPerRequest);
 constexpr qos::TimeNs kTimeoutScanPeriodNs = 1'000'000;
+// How often an idle control worker is progressed, in progress() calls: it
+// then only has handshakes, closes and peer failures to notice, which can
+// wait a few microseconds.
+constexpr std::uint32_t kControlProgressStride = 64;
 // Larger messages keep their own connection: a reply route is one TCP
 // stream, and bulk transfers want their sockets in parallel.
 constexpr std::size_t kReplyRouteMaxBytes = 64 * 1024;
@@ -46,7 +50,8 @@ struct HelloWire {
   std::uint64_t client_worker;       // workerId() of the client
   std::uint32_t route_endpoint_id;   // the client's reply route to this worker, or 0
   std::uint8_t class_index;
-  std::uint8_t pad[3];
+  std::uint8_t data_worker;  // the client has one: the server may choose data endpoints
+  std::uint8_t pad[2];
 };
 struct WelcomeWire {
   std::uint32_t magic;
@@ -54,7 +59,8 @@ struct WelcomeWire {
   std::uint32_t server_endpoint_id;
   std::int32_t refusal;  // 0, or a StatusCode with the reason in `reason`
   std::uint64_t chunk_bytes;
-  char reason[40];
+  std::uint8_t data_worker;  // both ends send over data endpoints (Connection::on_data_worker)
+  char reason[39];
 };
 static_assert(sizeof(HelloWire) <= sizeof(Connection::hello));
 static_assert(sizeof(WelcomeWire) <= sizeof(Connection::welcome));
@@ -303,16 +309,35 @@ Status Worker::init(const qos::Policy& policy) {
   if (ucs_status_t s = ucp_worker_create(context_, &worker_params, &worker_); s != UCS_OK) {
     return fromUcs(s, what + ": ucp_worker_create");
   }
+  if (context_has_shared_memory_) {
+    if (ucs_status_t s = ucp_worker_create(context_, &worker_params, &data_worker_);
+        s != UCS_OK) {
+      return fromUcs(s, what + ": ucp_worker_create (data)");
+    }
+  }
+  ucp_worker_h addressed = data_worker_ != nullptr ? data_worker_ : worker_;
 
   ucp_address_t* address = nullptr;
   std::size_t address_length = 0;
-  if (ucs_status_t s = ucp_worker_get_address(worker_, &address, &address_length); s != UCS_OK) {
+  if (ucs_status_t s = ucp_worker_get_address(addressed, &address, &address_length);
+      s != UCS_OK) {
     return fromUcs(s, what + ": ucp_worker_get_address");
   }
   address_.assign(reinterpret_cast<const std::byte*>(address),
                   reinterpret_cast<const std::byte*>(address) + address_length);
-  ucp_worker_release_address(worker_, address);
+  ucp_worker_release_address(addressed, address);
 
+  // Every handler on both workers: puts and their acknowledgements travel
+  // wherever the connection's data does.
+  for (ucp_worker_h worker : {worker_, data_worker_}) {
+    if (worker == nullptr) continue;
+    DP_TRY(registerAmHandlers(worker, what));
+  }
+  DP_LOG_INFO("transport: {} ready", what);
+  return Status::ok();
+}
+
+Status Worker::registerAmHandlers(ucp_worker_h worker, const std::string& what) {
   for (auto [id, callback] : {std::pair{kAmHello, &helloTrampoline},
                               std::pair{kAmWelcome, &welcomeTrampoline},
                               std::pair{kAmPut, &putTrampoline},
@@ -324,11 +349,10 @@ Status Worker::init(const qos::Policy& policy) {
     handler.id = id;
     handler.cb = callback;
     handler.arg = this;
-    if (ucs_status_t s = ucp_worker_set_am_recv_handler(worker_, &handler); s != UCS_OK) {
+    if (ucs_status_t s = ucp_worker_set_am_recv_handler(worker, &handler); s != UCS_OK) {
       return fromUcs(s, what + ": registering the active-message handlers");
     }
   }
-  DP_LOG_INFO("transport: {} ready", what);
   return Status::ok();
 }
 
@@ -352,6 +376,7 @@ Worker::~Worker() {
       static_cast<qos::TimeNs>(std::min<std::uint32_t>(config_.timeout_ms, 1'000)) * 1'000'000;
   while (!connections_.empty() && qos::monotonicNowNs() < deadline) {
     ucp_worker_progress(worker_);
+    if (data_worker_ != nullptr) ucp_worker_progress(data_worker_);
     reapRetired();
   }
   if (!connections_.empty()) {
@@ -374,6 +399,7 @@ Worker::~Worker() {
     if (connection->handshake_request != nullptr) ucp_request_free(connection->handshake_request);
     connection->handshake_request = nullptr;
   }
+  if (data_worker_ != nullptr) ucp_worker_destroy(data_worker_);
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   connections_.clear();
   if (context_ != nullptr) ucp_cleanup(context_);
@@ -389,7 +415,15 @@ void Worker::bumpCounter(std::uint64_t TransportCounters::*counter) {
 void Worker::progress() {
   // Once per call: on tcp every call is an epoll_wait, and callers (NCCL's
   // test() loop) call again anyway.
-  ucp_worker_progress(worker_);
+  if (data_worker_ == nullptr) {
+    ucp_worker_progress(worker_);
+  } else {
+    ucp_worker_progress(data_worker_);
+    if (control_data_connections_ > 0 || ++control_progress_skipped_ >= kControlProgressStride) {
+      control_progress_skipped_ = 0;
+      ucp_worker_progress(worker_);
+    }
+  }
   const qos::TimeNs now = qos::monotonicNowNs();
   // Receives whose middle chunk arrived: post the rest of the buffer. The
   // list is swapped out first because posting may complete more chunks.
@@ -473,14 +507,14 @@ void Worker::reapRetired() {
 
 // ---------------------------------------------------------------- endpoints
 
-Result<ucp_ep_h> Worker::createEp(ucp_ep_params_t& params, const std::string& peer,
-                                  bool detect_peer_failure) {
+Result<ucp_ep_h> Worker::createEp(ucp_worker_h worker, ucp_ep_params_t& params,
+                                  const std::string& peer, bool detect_peer_failure) {
   params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
   params.err_mode = detect_peer_failure ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
   params.err_handler.cb = &epErrorTrampoline;
   params.err_handler.arg = this;
   ucp_ep_h ep = nullptr;
-  if (ucs_status_t s = ucp_ep_create(worker_, &params, &ep); s != UCS_OK) {
+  if (ucs_status_t s = ucp_ep_create(worker, &params, &ep); s != UCS_OK) {
     return fromUcs(s, fmt::format("creating an endpoint to {}", peer));
   }
   return ep;
@@ -519,23 +553,31 @@ Result<Connection*> Worker::newConnection(ucp_ep_h ep, std::string peer) {
   return raw;
 }
 
-Status Worker::openDataEp(Connection& connection, std::span<const std::byte> peer_address) {
-  if (peer_address.empty()) {
-    return Status(StatusCode::invalid_argument,
-                  fmt::format("peer {} sent no worker address", connection.peer));
-  }
+Status Worker::openDataEp(Connection& connection, std::span<const std::byte> peer_address,
+                          bool required) {
+  const auto unreachable = [&] {
+    return Status(StatusCode::unsupported,
+                  fmt::format("peer {} sends over shared memory, but UCX gives this process no "
+                              "shared-memory lane to it on {} (do both processes allow the same "
+                              "UCX_TLS?)",
+                              connection.peer, device_.name));
+  };
   // Without shared memory (UCX_TLS=tcp, say) the data endpoint could only
   // duplicate the client-server endpoint's lanes; opening it anyway starts
   // TCP connections that closing it at once cuts under the peer, which UCX
   // 1.13 logs as an error on the peer's side.
-  if (!context_has_shared_memory_) return Status::ok();
+  if (data_worker_ == nullptr) return required ? unreachable() : Status::ok();
+  if (peer_address.empty()) {
+    return Status(StatusCode::invalid_argument,
+                  fmt::format("peer {} sent no worker address", connection.peer));
+  }
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
   params.address = reinterpret_cast<const ucp_address_t*>(peer_address.data());
   // Without peer-failure handling: UCX 1.13's shared-memory transports do
   // not support it and would be excluded. The client-server endpoint, which
   // has it, stays open to report a dead peer for both.
-  DP_TRY_ASSIGN(ucp_ep_h data_ep, createEp(params, connection.peer, false));
+  DP_TRY_ASSIGN(ucp_ep_h data_ep, createEp(data_worker_, params, connection.peer, false));
   // Keep it only if UCX gave it shared memory; otherwise its lanes are the
   // client-server endpoint's, and UCX 1.13 holds a closed address-based tcp
   // endpoint's sockets until the worker ends (measured: 1.8 fds per
@@ -546,11 +588,25 @@ Status Worker::openDataEp(Connection& connection, std::span<const std::byte> pee
     ucp_request_param_t param{};
     void* request = ucp_ep_close_nbx(data_ep, &param);
     if (request != nullptr && !UCS_PTR_IS_ERR(request)) ucp_request_free(request);
-    return Status::ok();
+    return required ? unreachable() : Status::ok();
   }
   connection.data_ep = data_ep;
   by_ep_[connection.data_ep] = &connection;
   return Status::ok();
+}
+
+void Worker::settleDataPath(Connection& connection, bool on_data_worker) {
+  connection.on_data_worker = on_data_worker;
+  if (!on_data_worker && !connection.counts_as_control_data) {
+    connection.counts_as_control_data = true;
+    ++control_data_connections_;
+  }
+}
+
+void Worker::releaseDataPath(Connection& connection) {
+  if (!connection.counts_as_control_data) return;
+  connection.counts_as_control_data = false;
+  --control_data_connections_;
 }
 
 Connection* Worker::findByEp(ucp_ep_h ep) {
@@ -589,11 +645,12 @@ void Worker::closeEp(Connection& connection, bool force) {
 void Worker::retire(Connection* connection) {
   if (connection == nullptr || connection->retired) return;
   connection->retired = true;
+  releaseDataPath(*connection);
   // Receives nobody will test again: cancel them so UCX lets go of the buffers.
   for (Request& r : connection->requests) {
     if (!r.in_use) continue;
     for (std::uint8_t i = 0; i < r.slot_count; ++i) {
-      if (r.slots[i].ucx != nullptr) ucp_request_cancel(worker_, r.slots[i].ucx);
+      if (r.slots[i].ucx != nullptr) ucp_request_cancel(recvWorker(*connection), r.slots[i].ucx);
     }
     if (r.kind != RequestKind::recv && r.inflight == 0) finishRequest(r);
   }
@@ -627,12 +684,13 @@ void Worker::fail(Connection& connection, Status reason) {
     if (!r.in_use) continue;
     if (r.failure.isOk()) r.failure = connection.failure;
     for (std::uint8_t i = 0; i < r.slot_count; ++i) {
-      if (r.slots[i].ucx != nullptr) ucp_request_cancel(worker_, r.slots[i].ucx);
+      if (r.slots[i].ucx != nullptr) ucp_request_cancel(recvWorker(connection), r.slots[i].ucx);
       r.slots[i].repost = false;
     }
   }
   connection.pending_posts.clear();
   forgetRoute(connection);
+  releaseDataPath(connection);
   closeEp(connection, /*force=*/true);
 }
 
@@ -862,8 +920,9 @@ void Worker::postRecvSlot(Request& request, std::uint8_t slot) {
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
   param.cb.recv = &recvCompleted;
   param.user_data = chunk;
-  void* op = ucp_tag_recv_nbx(worker_, state.data + state.received, state.capacity - state.received,
-                              state.tag_bits, tagbits::kMatchAll, &param);
+  void* op = ucp_tag_recv_nbx(recvWorker(connection), state.data + state.received,
+                              state.capacity - state.received, state.tag_bits, tagbits::kMatchAll,
+                              &param);
   if (op == nullptr || UCS_PTR_IS_ERR(op)) {
     giveChunk(connection, chunk);
     request.failure =
@@ -1127,7 +1186,7 @@ void Worker::onConnRequest(ListenerState* listener, ucp_conn_request_h request) 
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST;
   params.conn_request = request;
-  Result<ucp_ep_h> ep = createEp(params, peer, true);
+  Result<ucp_ep_h> ep = createEp(worker_, params, peer, true);
   if (!ep) {
     DP_LOG_WARN("transport: accepting {} on {}: {}", peer, device_.name, ep.status().message());
     ucp_listener_reject(listener->listener, request);
@@ -1192,9 +1251,14 @@ ucs_status_t Worker::onHello(const void* header, std::size_t length,
     c.peer_chunk_bytes = hello.chunk_bytes;
     c.peer_worker = hello.client_worker;
     countLive(c);
-    if (Status opened = openDataEp(c, peer_address); !opened.isOk()) refusal = opened.message();
+    if (hello.data_worker != 0) {
+      if (Status opened = openDataEp(c, peer_address, false); !opened.isOk()) {
+        refusal = opened.message();
+      }
+    }
   }
   welcome.chunk_bytes = arbiter_->maxPostBytes(class_index_);
+  welcome.data_worker = c.data_ep != nullptr ? 1 : 0;
   std::memcpy(c.welcome.data(), &welcome, sizeof(welcome));
   Status sent = sendHandshake(*this, c, kAmWelcome, c.welcome.data(), sizeof(WelcomeWire), false);
   if (!sent.isOk() || !refusal.empty()) {
@@ -1210,6 +1274,7 @@ ucs_status_t Worker::onHello(const void* header, std::size_t length,
     return UCS_OK;
   }
   c.established = true;
+  settleDataPath(c, c.data_ep != nullptr);
   // The lower-named worker chooses the route and names it in every hello;
   // the route's own hello names itself.
   if (hello.route_endpoint_id == hello.client_endpoint_id && hello.client_worker < worker_id_) {
@@ -1244,7 +1309,7 @@ Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uin
   params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
   params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&address);
   params.sockaddr.addrlen = length;
-  DP_TRY_ASSIGN(ucp_ep_h ep, createEp(params, peer, true));
+  DP_TRY_ASSIGN(ucp_ep_h ep, createEp(worker_, params, peer, true));
   Result<Connection*> connection = newConnection(ep, peer);
   if (!connection) {
     ucp_request_param_t param{};
@@ -1272,6 +1337,7 @@ Result<ConnectState*> Worker::startConnect(const ConnectHandle& handle, std::uin
   hello.class_index = class_index_;
   hello.chunk_bytes = arbiter_->maxPostBytes(class_index_);
   hello.client_worker = worker_id_;
+  hello.data_worker = data_worker_ != nullptr ? 1 : 0;
   hello.route_endpoint_id = route_endpoint_id;
   std::memcpy(c.hello.data(), &hello, sizeof(hello));
   auto state = std::make_unique<ConnectState>();
@@ -1317,9 +1383,11 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length,
   }
   c.remote_id = welcome.server_endpoint_id;
   c.peer_chunk_bytes = welcome.chunk_bytes;
-  if (Status opened = openDataEp(c, peer_address); !opened.isOk()) {
-    state.failure = std::move(opened);
-    return UCS_OK;
+  if (welcome.data_worker != 0) {
+    if (Status opened = openDataEp(c, peer_address, true); !opened.isOk()) {
+      state.failure = std::move(opened);
+      return UCS_OK;
+    }
   }
   checkLanes(c);
   c.tcp_only = allLanesTcp(lanes(c));
@@ -1329,6 +1397,7 @@ ucs_status_t Worker::onWelcome(const void* header, std::size_t length,
     return UCS_OK;
   }
   c.established = true;
+  settleDataPath(c, c.data_ep != nullptr);
   bumpCounter(&TransportCounters::connections);
   state.welcomed = true;
   return UCS_OK;

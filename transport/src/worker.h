@@ -184,7 +184,7 @@ struct CloseSlot {
 struct Connection {
   Worker* worker = nullptr;
   ucp_ep_h ep = nullptr;       // client-server endpoint: handshake and failure detection
-  ucp_ep_h data_ep = nullptr;  // to the peer's worker address: every data operation
+  ucp_ep_h data_ep = nullptr;  // to the peer's data worker: every data operation
   ucp_ep_h dataEp() const { return data_ep != nullptr ? data_ep : ep; }
   std::array<CloseSlot, 2> close_slots{};  // data_ep, ep
   void* handshake_request = nullptr;       // the hello or welcome in flight
@@ -206,6 +206,11 @@ struct Connection {
   std::uint64_t peer_chunk_bytes = 0;  // the peer's chunk size for our class
   bool am_puts = false;  // every lane is TCP: puts go as our active messages
   bool tcp_only = false;  // every lane is TCP: small sends may take the reply route
+  // Both ends send over data endpoints, so messages arrive at the data
+  // worker; else over the client-server endpoints, at the control worker.
+  // Decided by the server and told in the welcome, so both ends agree.
+  bool on_data_worker = false;
+  bool counts_as_control_data = false;  // counted in control_data_connections_
   // Fences the peer asked us to acknowledge, waiting for a chunk to send in.
   std::vector<std::pair<std::uint32_t, std::uint64_t>> pending_acks;
 
@@ -308,15 +313,26 @@ class Worker {
          std::shared_ptr<TransportCounters> counters, std::shared_ptr<Mutex> counters_mu);
   Status init(const qos::Policy& policy);
   Result<Connection*> newConnection(ucp_ep_h ep, std::string peer) DP_REQUIRES(mu);
-  Result<ucp_ep_h> createEp(ucp_ep_params_t& params, const std::string& peer,
-                            bool detect_peer_failure) DP_REQUIRES(mu);
+  Result<ucp_ep_h> createEp(ucp_worker_h worker, ucp_ep_params_t& params,
+                            const std::string& peer, bool detect_peer_failure) DP_REQUIRES(mu);
+  Status registerAmHandlers(ucp_worker_h worker, const std::string& what);
   void checkTimeouts(qos::TimeNs now) DP_REQUIRES(mu);
   void reapRetired() DP_REQUIRES(mu);
   void closeEp(Connection& connection, bool force) DP_REQUIRES(mu);
   void checkLanes(Connection& connection) DP_REQUIRES(mu);
   Connection* findByEp(ucp_ep_h ep) DP_REQUIRES(mu);
-  Status openDataEp(Connection& connection, std::span<const std::byte> peer_address)
-      DP_REQUIRES(mu);
+  // Where the connection's messages arrive, and so where its receives go.
+  ucp_worker_h recvWorker(const Connection& connection) const {
+    return connection.on_data_worker ? data_worker_ : worker_;
+  }
+  // Records where an established connection's data runs (see progress()).
+  void settleDataPath(Connection& connection, bool on_data_worker) DP_REQUIRES(mu);
+  void releaseDataPath(Connection& connection) DP_REQUIRES(mu);
+  // Server (`required` false): opens a data endpoint and keeps it if UCX
+  // gives it shared memory. Client (`required` true, when the welcome says
+  // the server did): the same, but no shared memory is an error.
+  Status openDataEp(Connection& connection, std::span<const std::byte> peer_address,
+                    bool required) DP_REQUIRES(mu);
   void bumpCounter(std::uint64_t TransportCounters::*counter);
 
   // Reply routes. NCCL's comms are one-way, so a ping and its pong travel on
@@ -355,8 +371,20 @@ class Worker {
 
   ucp_context_h context_ = nullptr;
   bool context_has_shared_memory_ = false;  // else no data endpoint is worth opening
+  // Two UCX workers when the context has shared memory. The control worker
+  // holds the listener and the client-server endpoints, which must keep TCP
+  // lanes to detect a dead peer (UCX 1.13's shared-memory transports cannot);
+  // the data worker holds the shared-memory data endpoints. Progressing a
+  // worker with TCP lanes costs an epoll_wait system call every time, so the
+  // control worker is progressed only every kControlProgressStride calls
+  // while no established connection carries data over it (measured: shm
+  // ping-pong 2.0 us -> 0.8 us one way; docs/performance.md). Without shared
+  // memory there is one worker and `data_worker_` is null.
   ucp_worker_h worker_ = nullptr;
-  std::vector<std::byte> address_;  // ours, sent in the handshake
+  ucp_worker_h data_worker_ = nullptr;
+  std::vector<std::byte> address_;  // the data worker's (else the worker's), sent in the handshake
+  std::size_t control_data_connections_ DP_GUARDED_BY(mu) = 0;
+  std::uint32_t control_progress_skipped_ DP_GUARDED_BY(mu) = 0;
 
   std::uint32_t next_endpoint_id_ DP_GUARDED_BY(mu) = 1;
   std::unordered_map<std::uint32_t, std::unique_ptr<Connection>> connections_ DP_GUARDED_BY(mu);
